@@ -1,0 +1,102 @@
+"""``build_kernel_map``: output coordinates plus the offset-grouped input/output pairs."""
+
+from __future__ import annotations
+
+import torch
+
+from sparseconv.maps import keys as K
+from sparseconv.maps import output_coords as oc
+from sparseconv.maps.cache import MapCache
+from sparseconv.maps.kernel_map import KernelMap, from_neighbor_matrix, submanifold_from_half
+from sparseconv.maps.neighbors import METHODS, neighbor_matrix
+from sparseconv.maps.offsets import as_triple, kernel_offsets, scaled_offsets
+
+DOWNSAMPLE_MODES = ("minkowski", "spconv")
+
+
+def build_kernel_map(
+    coords: torch.Tensor,
+    kernel_size: int | tuple[int, int, int] = 3,
+    stride: int | tuple[int, int, int] = 1,
+    dilation: int | tuple[int, int, int] = 1,
+    method: str = "hash",
+    downsample_mode: str = "minkowski",
+    tensor_stride: int | tuple[int, int, int] = 1,
+    transposed: bool = False,
+    cache: MapCache | None = None,
+) -> KernelMap:
+    """Kernel map of a sparse conv on ``coords`` (int32 ``[N, 4]``, batch first).
+
+    ``stride=1`` and ``transposed=False`` is a submanifold conv (outputs = inputs). A strided conv
+    produces outputs at ``tensor_stride * stride`` by ``downsample_mode``; a transposed conv
+    returns to ``tensor_stride / stride``, reusing the strided map from ``cache`` when there is
+    one (the coordinates it returns to are the strided conv's inputs), else generating outputs.
+    """
+    ks = as_triple(kernel_size, "kernel_size")
+    if max(ks) > 5:
+        raise ValueError(f"kernel_size must be at most 5 per axis, got {ks}")
+    s = as_triple(stride, "stride")
+    d = as_triple(dilation, "dilation")
+    ts = as_triple(tensor_stride, "tensor_stride")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if downsample_mode not in DOWNSAMPLE_MODES:
+        raise ValueError(
+            f"downsample_mode must be one of {DOWNSAMPLE_MODES}, got {downsample_mode!r}"
+        )
+    K.check_coords(coords)
+    key = (ts, ks, s, d, transposed, downsample_mode)
+    if cache is not None and key in cache.kmaps:
+        return cache.kmaps[key]
+    offsets = kernel_offsets(ks, centred=s == (1, 1, 1))
+    if transposed:
+        kmap = _transposed(coords, ks, s, d, ts, offsets, method, downsample_mode, cache)
+    else:
+        kmap = _forward(coords, s, d, ts, offsets, method, downsample_mode, cache)
+    if cache is not None:
+        cache.kmaps[key] = kmap
+    return kmap
+
+
+def _forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap:
+    shifts = scaled_offsets(offsets, d, ts).to(coords.device)
+    in_keys = K.pack(coords)
+    table = cache.table(ts, coords, in_keys) if (cache is not None and method == "hash") else None
+    if s == (1, 1, 1):
+        if all(k % 2 == 1 for k in _kernel_dims(offsets)):
+            half = neighbor_matrix(in_keys, in_keys, shifts[: len(offsets) // 2], method, table)
+            return submanifold_from_half(half, coords, offsets)
+        out_coords = coords
+    else:
+        ts_out = tuple(a * b for a, b in zip(ts, s))
+        if mode == "minkowski":
+            out_coords = oc.strided_minkowski(coords, ts_out)
+        else:
+            out_coords = oc.strided_spconv(coords, shifts, ts_out)
+        if cache is not None:
+            out_coords = (
+                cache.coords.setdefault(ts_out, out_coords) if mode == "minkowski" else out_coords
+            )
+    found = neighbor_matrix(in_keys, K.pack(out_coords), shifts, method, table)
+    return from_neighbor_matrix(found, out_coords, coords.shape[0], offsets)
+
+
+def _transposed(coords, ks, s, d, ts, offsets, method, mode, cache) -> KernelMap:
+    if any(a % b for a, b in zip(ts, s)):
+        raise ValueError(
+            f"a transposed conv with stride {s} needs a tensor stride divisible by it, got {ts}"
+        )
+    ts_out = tuple(a // b for a, b in zip(ts, s))
+    if cache is not None:
+        down_key = (ts_out, ks, s, d, False, mode)
+        fine = cache.coords.get(ts_out)
+        if down_key in cache.kmaps and fine is not None:
+            return cache.kmaps[down_key].transposed(fine)
+    deltas = scaled_offsets(offsets, d, ts_out).to(coords.device)
+    out_coords = oc.transposed_generative(coords, deltas)
+    found = neighbor_matrix(K.pack(coords), K.pack(out_coords), -deltas, method)
+    return from_neighbor_matrix(found, out_coords, coords.shape[0], offsets)
+
+
+def _kernel_dims(offsets: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+    return tuple(len({o[a] for o in offsets}) for a in range(3))  # type: ignore[return-value]

@@ -1,0 +1,42 @@
+"""Per-coordinate-set cache of hash tables and kernel maps (a CoordinateManager).
+
+Every ``SparseTensor`` derived from the same input (by a conv, a norm, an activation) shares one
+``MapCache``, so each distinct map is built once per forward pass: all submanifold layers at a
+stride reuse one map, and a transposed conv finds the map of the strided conv that it inverts and
+the coordinates it must return to. Keys are ``(tensor_stride, kernel_size, stride, dilation,
+transposed, downsample_mode)``; the mapper (hash or merge-sort) is not part of the key because both
+produce identical maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from sparseconv.maps.hashtable import HashTable
+from sparseconv.maps.kernel_map import KernelMap
+from sparseconv.maps.offsets import Triple
+
+MapKey = tuple[Triple, Triple, Triple, Triple, bool, str]
+
+
+@dataclass
+class MapCache:
+    coords: dict[Triple, torch.Tensor] = field(default_factory=dict)
+    tables: dict[Triple, HashTable] = field(default_factory=dict)
+    kmaps: dict[MapKey, KernelMap] = field(default_factory=dict)
+
+    def table(self, tensor_stride: Triple, coords: torch.Tensor, keys: torch.Tensor) -> HashTable:
+        """Hash table of the coordinates at ``tensor_stride`` (built on first use)."""
+        cached = self.coords.get(tensor_stride)
+        if cached is not coords:
+            return HashTable.build(keys)
+        if tensor_stride not in self.tables:
+            self.tables[tensor_stride] = HashTable.build(keys)
+        return self.tables[tensor_stride]
+
+    def clear(self) -> None:
+        self.coords.clear()
+        self.tables.clear()
+        self.kmaps.clear()

@@ -1,0 +1,140 @@
+"""``KernelMap``: the input/output pairs of a sparse convolution, grouped by kernel offset.
+
+A pair ``(in_idx[p], out_idx[p])`` with ``offset_ptr[k] <= p < offset_ptr[k+1]`` means
+``out_feats[out_idx] += in_feats[in_idx] @ W[k]``. Within an offset the pairs are sorted by
+``out_idx``, so every mapper and every device produces the same arrays (tests compare them with
+``==``). The output-stationary dataflow wants the same information per output row instead,
+``nbmap[N_out, K]``; it is derived lazily from the CSR arrays the first time it is asked for.
+
+Forward rule (pairs exist where both coordinates exist)::
+
+    strided / submanifold:  in = out + delta * dilation * tensor_stride_in
+    transposed:             out = in + delta * dilation * tensor_stride_out
+
+For a submanifold map with a symmetric kernel the pairs of ``-delta`` are the pairs of ``delta``
+swapped, so only half of the offsets are searched and the centre offset is the identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class KernelMap:
+    in_idx: torch.Tensor  # int64 [P]
+    out_idx: torch.Tensor  # int64 [P]
+    offset_ptr: torch.Tensor  # int64 [K + 1], CSR over offsets (on CPU: sizes are read often)
+    out_coords: torch.Tensor  # int32 [N_out, 4]
+    n_in: int
+    offsets: list[tuple[int, int, int]]  # kernel units, weight order
+    submanifold: bool = False
+    _nbmap: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def kernel_volume(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def n_out(self) -> int:
+        return int(self.out_coords.shape[0])
+
+    @property
+    def sizes(self) -> list[int]:
+        """Number of pairs per offset."""
+        return (self.offset_ptr[1:] - self.offset_ptr[:-1]).tolist()
+
+    @property
+    def device(self) -> torch.device:
+        return self.in_idx.device
+
+    def pairs(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = int(self.offset_ptr[k]), int(self.offset_ptr[k + 1])
+        return self.in_idx[lo:hi], self.out_idx[lo:hi]
+
+    def offset_of_pair(self) -> torch.Tensor:
+        """int64 ``[P]``: the kernel offset index of every pair."""
+        counts = self.offset_ptr[1:] - self.offset_ptr[:-1]
+        return torch.repeat_interleave(
+            torch.arange(self.kernel_volume, device=self.device), counts.to(self.device)
+        )
+
+    @property
+    def nbmap(self) -> torch.Tensor:
+        """int32 ``[N_out, K]``: input row feeding output ``j`` through offset ``k``, else -1."""
+        if self._nbmap is None:
+            nb = torch.full(
+                (self.n_out, self.kernel_volume), -1, dtype=torch.int32, device=self.device
+            )
+            nb[self.out_idx, self.offset_of_pair()] = self.in_idx.int()
+            self._nbmap = nb
+        return self._nbmap
+
+    def transposed(self, out_coords: torch.Tensor) -> KernelMap:
+        """The map of the transposed conv: same pairs, inputs and outputs swapped, re-sorted."""
+        k_of = self.offset_of_pair()
+        order = torch.argsort(k_of * max(self.n_in, 1) + self.in_idx, stable=True)
+        return KernelMap(
+            in_idx=self.out_idx[order],
+            out_idx=self.in_idx[order],
+            offset_ptr=self.offset_ptr.clone(),
+            out_coords=out_coords,
+            n_in=self.n_out,
+            offsets=list(self.offsets),
+        )
+
+    def to(self, device: torch.device | str) -> KernelMap:
+        return KernelMap(
+            self.in_idx.to(device),
+            self.out_idx.to(device),
+            self.offset_ptr,
+            self.out_coords.to(device),
+            self.n_in,
+            list(self.offsets),
+            self.submanifold,
+        )
+
+
+def from_neighbor_matrix(
+    found: torch.Tensor,
+    out_coords: torch.Tensor,
+    n_in: int,
+    offsets: list[tuple[int, int, int]],
+) -> KernelMap:
+    """CSR map from an int32 ``[K, N_out]`` neighbour matrix (row-major nonzero = CSR order)."""
+    k_idx, out_idx = (found >= 0).nonzero(as_tuple=True)
+    in_idx = found[k_idx, out_idx].long()
+    counts = torch.bincount(k_idx, minlength=len(offsets)).cpu()
+    return KernelMap(in_idx, out_idx, _ptr(counts), out_coords, n_in, offsets)
+
+
+def submanifold_from_half(
+    half: torch.Tensor, coords: torch.Tensor, offsets: list[tuple[int, int, int]]
+) -> KernelMap:
+    """Full submanifold map from the first ``K // 2`` offsets of a symmetric kernel.
+
+    Offset ``K-1-k`` is the negation of offset ``k``; the centre ``K // 2`` is the identity.
+    """
+    n = coords.shape[0]
+    n_kernel = len(offsets)
+    n_half = n_kernel // 2
+    k_idx, out_a = (half >= 0).nonzero(as_tuple=True)
+    in_a = half[k_idx, out_a].long()
+    # Mirror: pairs of offset K-1-k are (in=out_a, out=in_a); sort them by (offset, out).
+    k_mirror = (n_kernel - 1) - k_idx
+    order = torch.argsort(k_mirror * max(n, 1) + in_a, stable=True)
+    centre = torch.arange(n, device=coords.device)
+    in_idx = torch.cat([in_a, centre, out_a[order]])
+    out_idx = torch.cat([out_a, centre, in_a[order]])
+    half_counts = torch.bincount(k_idx, minlength=n_half).cpu()
+    counts = torch.cat([half_counts, torch.tensor([n]), half_counts.flip(0)])
+    kmap = KernelMap(in_idx, out_idx, _ptr(counts), coords, n, offsets, submanifold=True)
+    return kmap
+
+
+def _ptr(counts: torch.Tensor) -> torch.Tensor:
+    ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    return ptr

@@ -1,0 +1,49 @@
+"""Kernel geometry: normalising size/stride/dilation arguments and enumerating offsets.
+
+Offsets are enumerated x-major, z fastest (``K = kx * ky * kz`` in that order, the order of the
+weight's first axis). For a stride-1 (submanifold) conv each axis runs ``-(k-1)//2 .. k//2``
+(centred, as TorchSparse and MinkowskiEngine do for odd k); for a strided or transposed conv each
+axis runs ``0 .. k-1``, so that an output at ``o`` reads inputs at ``o + delta * dilation`` — the
+dense ``conv3d`` with zero padding, which is also what spconv computes with ``padding=0``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+Triple = tuple[int, int, int]
+
+
+def as_triple(value: int | tuple[int, ...] | list[int], name: str, minimum: int = 1) -> Triple:
+    """Normalise an int or 3-sequence argument, with an error naming the argument."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a tuple of 3 ints, got bool")
+    if isinstance(value, int):
+        triple = (value, value, value)
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        triple = (int(value[0]), int(value[1]), int(value[2]))
+    else:
+        raise TypeError(f"{name} must be an int or a tuple of 3 ints, got {value!r}")
+    if min(triple) < minimum:
+        raise ValueError(f"{name} must be >= {minimum} on every axis, got {triple}")
+    return triple
+
+
+def kernel_offsets(kernel_size: Triple, centred: bool) -> list[Triple]:
+    """Offsets in kernel units, x-major and z fastest (the weight's K order)."""
+    ranges = [range(-((k - 1) // 2), k // 2 + 1) if centred else range(k) for k in kernel_size]
+    return [tuple(o) for o in itertools.product(*ranges)]  # type: ignore[misc]
+
+
+def scaled_offsets(offsets: list[Triple], dilation: Triple, tensor_stride: Triple) -> torch.Tensor:
+    """``[K, 3]`` int64 offsets in voxel units of the input grid (offset x dilation x stride)."""
+    scale = torch.tensor([d * s for d, s in zip(dilation, tensor_stride)], dtype=torch.int64)
+    if not offsets:
+        return torch.zeros((0, 3), dtype=torch.int64)
+    return torch.tensor(offsets, dtype=torch.int64) * scale
