@@ -45,6 +45,9 @@ def build_kernel_map(
             f"downsample_mode must be one of {DOWNSAMPLE_MODES}, got {downsample_mode!r}"
         )
     K.check_coords(coords)
+    if cache is not None and cache.coords.get(ts) is not coords:
+        # The cache holds one coordinate set per stride; another set must not reuse its maps.
+        cache = None
     key = (ts, ks, s, d, transposed, downsample_mode)
     if cache is not None and key in cache.kmaps:
         return cache.kmaps[key]

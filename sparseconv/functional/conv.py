@@ -1,0 +1,104 @@
+"""``conv3d``: the sparse convolution op (one ``torch.autograd.Function`` for every variant)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sparseconv.functional.dataflows import Dataflow, resolve
+from sparseconv.maps.build import build_kernel_map
+from sparseconv.maps.kernel_map import KernelMap
+from sparseconv.maps.offsets import as_triple
+from sparseconv.tensor import SparseTensor
+
+
+class SparseConvFunction(torch.autograd.Function):
+    """``y = conv(x, W)`` over a kernel map; backward gives dX (transposed map, W^T) and dW."""
+
+    @staticmethod
+    def forward(ctx, feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, flow: Dataflow):
+        ctx.save_for_backward(feats, weight)
+        ctx.kmap = kmap
+        ctx.flow = flow
+        return flow.forward(feats, weight, kmap).to(feats.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        feats, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_in = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_in = ctx.flow.backward_input(grad_out, weight, ctx.kmap).to(feats.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = ctx.flow.backward_weight(feats, grad_out, ctx.kmap).to(weight.dtype)
+        return grad_in, grad_w, None, None
+
+
+def conv3d(
+    x: SparseTensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    kernel_size: int | tuple[int, int, int] = 3,
+    stride: int | tuple[int, int, int] = 1,
+    dilation: int | tuple[int, int, int] = 1,
+    transposed: bool = False,
+    dataflow: str = "auto",
+    downsample_mode: str = "minkowski",
+    method: str = "hash",
+    deterministic: bool = False,
+) -> SparseTensor:
+    """Sparse 3-D convolution of ``x`` with ``weight`` ``[K, Cin, Cout]``.
+
+    ``stride=1`` (not transposed) is submanifold: outputs on the input coordinates. A strided conv
+    maps to ``x.stride * stride``; ``transposed=True`` goes back to ``x.stride / stride`` onto the
+    coordinates of the strided conv it inverts when that map is in ``x.cache``. The kernel map is
+    taken from / stored in ``x.cache``. ``dataflow`` is ``"auto"``, ``"torch"``,
+    ``"triton_gather_scatter"`` or ``"triton_implicit_gemm"``; ``deterministic=True`` forbids
+    atomics.
+    """
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
+    ks = as_triple(kernel_size, "kernel_size")
+    _check_weight(x, weight, bias, math.prod(ks))
+    kmap = build_kernel_map(
+        x.coords, ks, stride, dilation, method=method, downsample_mode=downsample_mode,
+        tensor_stride=x.stride, transposed=transposed, cache=x.cache,
+    )  # fmt: skip
+    flow = resolve(dataflow, x.feats, weight, kmap, deterministic)
+    feats = SparseConvFunction.apply(x.feats.contiguous(), weight, kmap, flow)
+    if bias is not None:
+        feats = feats + bias
+    s = as_triple(stride, "stride")
+    if transposed:
+        out_stride = tuple(a // b for a, b in zip(x.stride, s))
+    else:
+        out_stride = tuple(a * b for a, b in zip(x.stride, s))
+    return SparseTensor(feats, kmap.out_coords, out_stride, cache=x.cache, check=False)
+
+
+def _check_weight(
+    x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None, volume: int
+) -> None:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
+        raise ValueError(
+            f"weight must have shape [K, Cin, Cout], got {getattr(weight, 'shape', weight)}"
+        )
+    if weight.shape[0] != volume:
+        raise ValueError(
+            f"weight has {weight.shape[0]} kernel offsets but kernel_size gives {volume}"
+        )
+    if weight.shape[1] != x.feats.shape[1]:
+        raise ValueError(
+            f"weight expects {weight.shape[1]} input channels but x has {x.feats.shape[1]}"
+        )
+    if weight.dtype != x.feats.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} differs from feature dtype {x.feats.dtype}")
+    if weight.device != x.feats.device:
+        raise ValueError(f"weight is on {weight.device} but features on {x.feats.device}")
+    if not x.feats.is_floating_point():
+        raise TypeError(f"features must be floating point, got {x.feats.dtype}")
+    if bias is not None and (bias.shape != (weight.shape[2],) or bias.device != weight.device):
+        raise ValueError(
+            f"bias must have shape [{weight.shape[2]}] on {weight.device}, got {list(bias.shape)}"
+        )

@@ -1,0 +1,142 @@
+"""Points to voxels and back: ``voxelize`` and ``devoxelize`` (nearest and trilinear)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from sparseconv.maps import keys as K
+from sparseconv.maps.hashtable import HashTable
+from sparseconv.tensor import SparseTensor
+
+REDUCTIONS = ("mean", "first")
+DEVOXELIZE_MODES = ("nearest", "trilinear")
+
+
+def voxelize(
+    points: torch.Tensor,
+    voxel_size: float | tuple[float, float, float] = 0.05,
+    features: torch.Tensor | None = None,
+    reduce: str = "mean",
+    batch: torch.Tensor | None = None,
+) -> tuple[SparseTensor, torch.Tensor]:
+    """Quantise points ``[N, 3]`` (or ``[N, 4]`` = batch, x, y, z) to unique voxels.
+
+    Returns the ``SparseTensor`` (features reduced per voxel, ``"mean"`` or ``"first"`` point)
+    and the point-to-voxel index ``[N]`` used by :func:`devoxelize`. ``features`` default to the
+    points' xyz. Points with NaN or infinite coordinates are **dropped with a warning**; their
+    entry in the returned index is -1 (so nothing is silently scored on them). Voxels are ordered
+    by packed key (batch, x, y, z), which makes the result deterministic.
+    """
+    if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.shape[1] not in (3, 4):
+        raise ValueError(
+            "points must be a float tensor of shape [N, 3] (x, y, z) or [N, 4] (batch, x, y, z)"
+        )
+    if not points.is_floating_point():
+        raise TypeError(f"points must be floating point, got {points.dtype}")
+    vs = torch.as_tensor(voxel_size, dtype=torch.float64).flatten()
+    if vs.numel() not in (1, 3) or bool((~torch.isfinite(vs)).any()) or bool((vs <= 0).any()):
+        raise ValueError(
+            f"voxel_size must be positive and finite (a float or 3 floats), got {voxel_size}"
+        )
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    xyz = points[:, -3:]
+    if points.shape[1] == 4:
+        if batch is not None:
+            raise ValueError("give the batch index either as points[:, 0] or as batch, not both")
+        batch = points[:, 0]
+    if features is None:
+        features = xyz
+    if features.shape[0] != points.shape[0]:
+        raise ValueError(f"features has {features.shape[0]} rows but points has {points.shape[0]}")
+    finite = torch.isfinite(xyz).all(dim=1)
+    n_bad = int((~finite).sum())
+    if n_bad:
+        warnings.warn(
+            f"voxelize: dropped {n_bad} point(s) with NaN or infinite coordinates", stacklevel=2
+        )
+    grid = torch.floor(xyz[finite].double() / vs.to(points.device)).long()
+    b = torch.zeros(grid.shape[0], dtype=torch.long, device=points.device)
+    if batch is not None:
+        b = batch[finite].long()
+    coords = torch.cat([b[:, None], grid], dim=1)
+    if coords.numel() and (coords[:, 1:].abs().max() > max(-K.COORD_MIN, K.COORD_MAX)):
+        raise ValueError(
+            f"points span more than [{K.COORD_MIN}, {K.COORD_MAX}] voxels of size {voxel_size}; "
+            "use a larger voxel_size or crop the range"
+        )
+    keys = K.pack(coords.int()) if coords.numel() else coords.new_zeros(0)
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    feats_in = features[finite]
+    n_vox = uniq.numel()
+    if reduce == "mean":
+        acc = torch.zeros((n_vox, feats_in.shape[1]), dtype=torch.float64, device=points.device)
+        acc.index_add_(0, inverse, feats_in.double())
+        count = torch.bincount(inverse, minlength=n_vox).clamp(min=1)
+        feats = (acc / count[:, None]).to(feats_in.dtype)
+    else:
+        first = torch.full((n_vox,), feats_in.shape[0], dtype=torch.long, device=points.device)
+        first.scatter_reduce_(
+            0, inverse, torch.arange(inverse.numel(), device=points.device), "amin"
+        )
+        feats = feats_in[first]
+    p2v = torch.full((points.shape[0],), -1, dtype=torch.long, device=points.device)
+    p2v[finite] = inverse
+    return SparseTensor(feats, K.unpack(uniq), check=False), p2v
+
+
+def devoxelize(
+    x: SparseTensor,
+    p2v: torch.Tensor,
+    mode: str = "nearest",
+    points: torch.Tensor | None = None,
+    voxel_size: float | tuple[float, float, float] | None = None,
+) -> torch.Tensor:
+    """Voxel features back to the points.
+
+    ``"nearest"``: each point takes its voxel's features (index -1 gives zeros). ``"trilinear"``
+    (SPVCNN's point-voxel fusion): each point interpolates the 8 voxel centres around it at the
+    tensor's stride, with weights renormalised over the voxels that exist; needs ``points``
+    (``[N, 3]`` or ``[N, 4]`` with batch first) and the ``voxel_size`` used by ``voxelize``.
+    """
+    if mode not in DEVOXELIZE_MODES:
+        raise ValueError(f"mode must be one of {DEVOXELIZE_MODES}, got {mode!r}")
+    if mode == "nearest":
+        out = x.feats.new_zeros((p2v.shape[0], x.feats.shape[1]))
+        ok = p2v >= 0
+        out[ok] = x.feats[p2v[ok]]
+        return out
+    if points is None or voxel_size is None:
+        raise ValueError("trilinear devoxelize needs points and voxel_size")
+    return _trilinear(x, points, voxel_size)
+
+
+def _trilinear(x: SparseTensor, points: torch.Tensor, voxel_size) -> torch.Tensor:
+    vs = torch.as_tensor(voxel_size, dtype=points.dtype, device=points.device).flatten()
+    stride = torch.tensor(x.stride, dtype=points.dtype, device=points.device)
+    xyz = points[:, -3:]
+    b = points[:, 0].long() if points.shape[1] == 4 else torch.zeros_like(xyz[:, 0]).long()
+    # Position in units of this tensor's cells, measured from cell centres.
+    pos = xyz / (vs * stride) - 0.5
+    base = torch.floor(pos)
+    frac = pos - base
+    table = HashTable.build(K.pack(x.coords))
+    out = x.feats.new_zeros((points.shape[0], x.feats.shape[1]))
+    wsum = torch.zeros(points.shape[0], dtype=x.feats.dtype, device=points.device)
+    for corner in range(8):
+        bits = torch.tensor(
+            [(corner >> 2) & 1, (corner >> 1) & 1, corner & 1], device=points.device
+        )
+        cell = (base + bits).long() * stride.long()
+        w = torch.prod(torch.where(bits.bool(), frac, 1 - frac), dim=1).to(x.feats.dtype)
+        coords = torch.cat([b[:, None], cell], dim=1)
+        inside = (cell.abs() <= K.COORD_MAX).all(dim=1) & torch.isfinite(xyz).all(dim=1)
+        idx = torch.full_like(b, -1)
+        if bool(inside.any()):
+            idx[inside] = table.query(K.pack(coords[inside].int())).long()
+        hit = idx >= 0
+        out[hit] += w[hit, None] * x.feats[idx[hit]]
+        wsum[hit] += w[hit]
+    return out / wsum.clamp(min=1e-12)[:, None]
