@@ -21,7 +21,7 @@ def _gather_gemm_scatter_kernel(
     src_ptr, w_ptr, dst_ptr, src_idx_ptr, dst_idx_ptr,
     blk_k_ptr, blk_start_ptr, blk_end_ptr,
     c_in, c_out, stride_wk, stride_wi, stride_wo,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC64: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -34,7 +34,10 @@ def _gather_gemm_scatter_kernel(
     dst_rows = tl.load(dst_idx_ptr + rows, mask=rmask, other=0).to(tl.int64)
     cn = pid_n * BN + tl.arange(0, BN)
     nmask = cn < c_out
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    if ACC64:
+        acc = tl.zeros((BM, BN), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
     for c0 in range(0, c_in, BK):
         ck = c0 + tl.arange(0, BK)
         kmask = ck < c_in
@@ -58,7 +61,7 @@ def _gather_gemm_scatter_kernel(
 def _weight_grad_kernel(
     x_ptr, dy_ptr, dw_ptr, in_idx_ptr, out_idx_ptr, ptr_ptr,
     c_in, c_out,
-    BP: tl.constexpr, BI: tl.constexpr, BO: tl.constexpr,
+    BP: tl.constexpr, BI: tl.constexpr, BO: tl.constexpr, ACC64: tl.constexpr,
 ):  # fmt: skip
     k = tl.program_id(0)
     ci = tl.program_id(1) * BI + tl.arange(0, BI)
@@ -67,7 +70,10 @@ def _weight_grad_kernel(
     omask = co < c_out
     start = tl.load(ptr_ptr + k)
     end = tl.load(ptr_ptr + k + 1)
-    acc = tl.zeros((BI, BO), dtype=tl.float32)
+    if ACC64:
+        acc = tl.zeros((BI, BO), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BI, BO), dtype=tl.float32)
     for p0 in range(start, end, BP):
         p = p0 + tl.arange(0, BP)
         pmask = p < end
@@ -102,6 +108,11 @@ def _blocks(ptr: torch.Tensor, bm: int, device: torch.device):
     return as_t(ks), as_t(starts), as_t(ends)
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 accumulation, except float64 inputs (gradcheck) which accumulate in float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _tile(c: int) -> int:
     return max(16, min(64, triton.next_power_of_2(c)))
 
@@ -117,7 +128,7 @@ def gather_gemm_scatter(
 ) -> torch.Tensor:
     """float32 ``[n_dst, Cout]``: ``dst[dst_idx] += src[src_idx] @ weight[k]`` for every offset."""
     c_in, c_out = weight.shape[1], weight.shape[2]
-    dst = torch.zeros((n_dst, c_out), dtype=torch.float32, device=src.device)
+    dst = torch.zeros((n_dst, c_out), dtype=_acc_dtype(src.dtype), device=src.device)
     blk_k, blk_s, blk_e = _blocks(ptr, bm, src.device)
     if blk_k.numel() == 0:
         return dst
@@ -126,7 +137,7 @@ def gather_gemm_scatter(
     _gather_gemm_scatter_kernel[grid](
         src.contiguous(), weight, dst, src_idx, dst_idx, blk_k, blk_s, blk_e,
         c_in, c_out, weight.stride(0), weight.stride(1), weight.stride(2),
-        BM=bm, BN=bn, BK=bk,
+        BM=bm, BN=bn, BK=bk, ACC64=src.dtype == torch.float64,
     )  # fmt: skip
     return dst
 
@@ -141,13 +152,13 @@ def weight_grad(
     """float32 ``[K, Cin, Cout]`` weight gradient."""
     n_k = ptr.numel() - 1
     c_in, c_out = x.shape[1], dy.shape[1]
-    dw = torch.zeros((n_k, c_in, c_out), dtype=torch.float32, device=x.device)
+    dw = torch.zeros((n_k, c_in, c_out), dtype=_acc_dtype(x.dtype), device=x.device)
     if n_k == 0:
         return dw
     bi, bo = _tile(c_in), _tile(c_out)
     grid = (n_k, triton.cdiv(c_in, bi), triton.cdiv(c_out, bo))
     _weight_grad_kernel[grid](
         x.contiguous(), dy.contiguous(), dw, in_idx, out_idx, ptr.to(x.device),
-        c_in, c_out, BP=32, BI=bi, BO=bo,
+        c_in, c_out, BP=32, BI=bi, BO=bo, ACC64=x.dtype == torch.float64,
     )  # fmt: skip
     return dw

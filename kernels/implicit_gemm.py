@@ -17,13 +17,16 @@ import triton.language as tl
 def _implicit_gemm_kernel(
     src_ptr, w_ptr, dst_ptr, nbmap_ptr,
     n_dst, n_kernel, c_in, c_out, stride_wk, stride_wi, stride_wo,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC64: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     rmask = rows < n_dst
     cn = tl.program_id(1) * BN + tl.arange(0, BN)
     nmask = cn < c_out
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    if ACC64:
+        acc = tl.zeros((BM, BN), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k in range(0, n_kernel):
         nb = tl.load(nbmap_ptr + rows.to(tl.int64) * n_kernel + k, mask=rmask, other=-1)
         valid = nb >= 0
@@ -49,6 +52,11 @@ def _implicit_gemm_kernel(
     )
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 accumulation, except float64 inputs (gradcheck) which accumulate in float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _tile(c: int) -> int:
     return max(16, min(64, triton.next_power_of_2(c)))
 
@@ -59,7 +67,7 @@ def implicit_gemm(
     """float32 ``[N_dst, Cout]`` with ``dst[j] = sum_k src[nbmap[j, k]] @ weight[k]``."""
     n_dst, n_kernel = nbmap.shape
     c_in, c_out = weight.shape[1], weight.shape[2]
-    dst = torch.empty((n_dst, c_out), dtype=torch.float32, device=src.device)
+    dst = torch.empty((n_dst, c_out), dtype=_acc_dtype(src.dtype), device=src.device)
     if n_dst == 0:
         return dst
     bn, bk = _tile(c_out), _tile(c_in)
@@ -67,6 +75,6 @@ def implicit_gemm(
     _implicit_gemm_kernel[grid](
         src.contiguous(), weight, dst, nbmap.contiguous(),
         n_dst, n_kernel, c_in, c_out, weight.stride(0), weight.stride(1), weight.stride(2),
-        BM=bm, BN=bn, BK=bk,
+        BM=bm, BN=bn, BK=bk, ACC64=src.dtype == torch.float64,
     )  # fmt: skip
     return dst

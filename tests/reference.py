@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 
-def random_coords(n: int, extent: int = 8, batches: int = 2, seed: int = 0, stride: int = 1) -> torch.Tensor:
+def random_coords(
+    n: int, extent: int = 8, batches: int = 2, seed: int = 0, stride: int = 1
+) -> torch.Tensor:
     """Unique int32 coords (batch, x, y, z), multiples of ``stride``, some negative."""
     g = torch.Generator().manual_seed(seed)
     c = torch.randint(-extent // 2, extent - extent // 2, (n, 3), generator=g) * stride

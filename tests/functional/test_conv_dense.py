@@ -20,13 +20,35 @@ CASES = [
 ]
 
 
-def _check(coords, c_in, c_out, ks, s, d, mode, dataflow, transposed=False, dtype=torch.float64, tol=1e-9, ts=1):
+def _check(
+    coords,
+    c_in,
+    c_out,
+    ks,
+    s,
+    d,
+    mode,
+    dataflow,
+    transposed=False,
+    dtype=torch.float64,
+    tol=1e-9,
+    ts=1,
+):
     torch.manual_seed(0)
     kt = as_triple(ks, "k")
     feats = torch.randn(len(coords), c_in, dtype=dtype, requires_grad=True)
     weight = torch.randn(math.prod(kt), c_in, c_out, dtype=dtype, requires_grad=True)
     x = sc.SparseTensor(feats, coords, stride=ts)
-    y = conv3d(x, weight, kernel_size=ks, stride=s, dilation=d, transposed=transposed, dataflow=dataflow, downsample_mode=mode)
+    y = conv3d(
+        x,
+        weight,
+        kernel_size=ks,
+        stride=s,
+        dilation=d,
+        transposed=transposed,
+        dataflow=dataflow,
+        downsample_mode=mode,
+    )
     grad = torch.randn_like(y.feats)
     gx, gw = torch.autograd.grad((y.feats * grad).sum(), [feats, weight])
     f2 = feats.detach().clone().requires_grad_(True)
@@ -67,7 +89,20 @@ def test_triton_dataflows_match_dense(dataflow, k, s, d):
 @pytest.mark.parametrize("dataflow", ["triton_gather_scatter", "triton_implicit_gemm"])
 def test_triton_transposed(dataflow):
     coarse = random_coords(30, extent=6, seed=5, stride=2)
-    _check(coarse, 5, 3, 2, 2, 1, "minkowski", dataflow, transposed=True, ts=2, dtype=torch.float32, tol=1e-5)
+    _check(
+        coarse,
+        5,
+        3,
+        2,
+        2,
+        1,
+        "minkowski",
+        dataflow,
+        transposed=True,
+        ts=2,
+        dtype=torch.float32,
+        tol=1e-5,
+    )
 
 
 def test_strided_then_transposed_round_trip_uses_cached_map():

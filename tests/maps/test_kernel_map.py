@@ -42,7 +42,9 @@ def test_map_equals_brute_force_and_mappers_agree(case):
 def test_strided_output_rules(k, s):
     coords = random_coords(200, extent=12, seed=3)
     mk = build_kernel_map(coords, k, s, downsample_mode="minkowski")
-    expect = torch.unique(torch.cat([coords[:, :1], torch.div(coords[:, 1:], s, rounding_mode="floor") * s], 1), dim=0)
+    expect = torch.unique(
+        torch.cat([coords[:, :1], torch.div(coords[:, 1:], s, rounding_mode="floor") * s], 1), dim=0
+    )
     assert torch.equal(mk.out_coords, expect)
     sp = build_kernel_map(coords, k, s, downsample_mode="spconv")
     # spconv rule: o on the s-grid with some input in o + [0, k) on every axis
@@ -66,7 +68,9 @@ def test_transposed_reuses_cached_strided_map():
     down = build_kernel_map(coords, 2, 2, cache=cache)
     up = build_kernel_map(down.out_coords, 2, 2, tensor_stride=2, transposed=True, cache=cache)
     assert up.out_coords is coords
-    assert sorted(zip(up.in_idx.tolist(), up.out_idx.tolist())) == sorted(zip(down.out_idx.tolist(), down.in_idx.tolist()))
+    assert sorted(zip(up.in_idx.tolist(), up.out_idx.tolist())) == sorted(
+        zip(down.out_idx.tolist(), down.in_idx.tolist())
+    )
     # without the cache a transposed map generates every reachable fine position
     gen = build_kernel_map(down.out_coords, 2, 2, tensor_stride=2, transposed=True)
     assert gen.n_out >= coords.shape[0]
@@ -97,7 +101,12 @@ def test_maps_on_real_scan_agree(real_scan_points):
     import sparseconv as sc
 
     x, _ = sc.voxelize(real_scan_points[:, :3], 0.05)
-    for kwargs in (dict(kernel_size=3), dict(kernel_size=2, stride=2), dict(kernel_size=3, stride=2, downsample_mode="spconv"), dict(kernel_size=3, dilation=2)):
+    for kwargs in (
+        dict(kernel_size=3),
+        dict(kernel_size=2, stride=2),
+        dict(kernel_size=3, stride=2, downsample_mode="spconv"),
+        dict(kernel_size=3, dilation=2),
+    ):
         a = build_kernel_map(x.coords, method="hash", **kwargs)
         b = build_kernel_map(x.coords, method="mergesort", **kwargs)
         assert torch.equal(a.in_idx, b.in_idx) and torch.equal(a.out_idx, b.out_idx)

@@ -7,7 +7,11 @@ from sparseconv.maps import HashTable, keys
 
 def test_pack_roundtrip_and_offset_add_at_range_edges():
     c = torch.tensor(
-        [[0, keys.COORD_MIN, keys.COORD_MAX, 0], [keys.BATCH_MAX, keys.COORD_MAX, keys.COORD_MIN, -5], [3, -1, 0, 1]],
+        [
+            [0, keys.COORD_MIN, keys.COORD_MAX, 0],
+            [keys.BATCH_MAX, keys.COORD_MAX, keys.COORD_MIN, -5],
+            [3, -1, 0, 1],
+        ],
         dtype=torch.int32,
     )
     k = keys.pack(c)

@@ -1,0 +1,108 @@
+import pytest
+import torch
+from reference import random_coords
+
+import sparseconv as sc
+from sparseconv.functional import SparseConvFunction, conv3d
+from sparseconv.functional.dataflows import DATAFLOWS
+from sparseconv.maps import build_kernel_map
+
+
+@pytest.mark.parametrize("dataflow", ["torch", "triton_gather_scatter", "triton_implicit_gemm"])
+@pytest.mark.parametrize("k,s", [(3, 1), (2, 2)])
+def test_gradcheck_float64(dataflow, k, s):
+    # Triton runs interpreted on CPU: tiny inputs and gradcheck's fast mode keep it to seconds.
+    interpreted = dataflow != "torch" and not torch.cuda.is_available()
+    coords = random_coords(12 if interpreted else 25, extent=4, seed=k + s)
+    km = build_kernel_map(coords, k, s)
+    x = torch.randn(len(coords), 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(k**3, 3, 2, dtype=torch.float64, requires_grad=True)
+    flow = DATAFLOWS[dataflow]
+    assert torch.autograd.gradcheck(
+        lambda a, b: SparseConvFunction.apply(a, b, km, flow), (x, w), fast_mode=interpreted
+    )
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)])
+@pytest.mark.parametrize("dataflow", ["torch", "triton_implicit_gemm"])
+def test_half_precision_with_float32_accumulation(dtype, tol, dataflow):
+    if dtype == torch.float16 and dataflow == "torch":
+        pytest.skip(
+            "CPU torch has no fast fp16 GEMM path worth testing; bf16 covers the torch dataflow"
+        )
+    if dtype == torch.bfloat16 and dataflow != "torch" and not torch.cuda.is_available():
+        pytest.skip("the Triton interpreter (numpy) has no bfloat16; runs on a GPU")
+    coords = random_coords(200, extent=10, seed=3)
+    x32 = torch.randn(len(coords), 16)
+    w32 = torch.randn(27, 16, 16) * 0.2
+    ref = conv3d(sc.SparseTensor(x32.double(), coords), w32.double(), dataflow="torch").feats
+    y = conv3d(sc.SparseTensor(x32.to(dtype), coords), w32.to(dtype), dataflow=dataflow).feats
+    assert y.dtype == dtype
+    err = (y.double() - ref).norm() / ref.norm()
+    assert err < tol
+
+
+def test_empty_tensor_and_empty_offsets():
+    empty = sc.SparseTensor(torch.zeros(0, 4), torch.zeros(0, 4, dtype=torch.int32))
+    for kwargs in (dict(), dict(stride=2)):
+        y = conv3d(
+            empty,
+            torch.randn(27 if not kwargs else 8, 4, 5),
+            kernel_size=3 if not kwargs else 2,
+            **kwargs,
+        )
+        assert y.feats.shape == (0, 5)
+    # one isolated point: only the centre offset has pairs; channels not multiples of tiles
+    one = sc.SparseTensor(torch.randn(1, 7), torch.tensor([[0, 1, 2, 3]], dtype=torch.int32))
+    w = torch.randn(27, 7, 13)
+    for flow in ("torch", "triton_gather_scatter", "triton_implicit_gemm"):
+        y = conv3d(one, w, dataflow=flow)
+        torch.testing.assert_close(y.feats, one.feats @ w[13], rtol=1e-4, atol=1e-4)
+
+
+def test_implicit_gemm_is_deterministic():
+    coords = random_coords(300, extent=8, seed=4)
+    x = sc.SparseTensor(torch.randn(len(coords), 8), coords)
+    w = torch.randn(27, 8, 8)
+    a = conv3d(x, w, deterministic=True).feats
+    b = conv3d(x, w, deterministic=True).feats
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="atomics"):
+        conv3d(x, w, dataflow="triton_gather_scatter", deterministic=True)
+
+
+def test_bad_weight_and_inputs_are_rejected():
+    coords = random_coords(20, seed=1)
+    x = sc.SparseTensor(torch.randn(len(coords), 4), coords)
+    with pytest.raises(ValueError, match="input channels"):
+        conv3d(x, torch.randn(27, 5, 3))
+    with pytest.raises(ValueError, match="kernel offsets"):
+        conv3d(x, torch.randn(8, 4, 3))
+    with pytest.raises(TypeError, match="dtype"):
+        conv3d(x, torch.randn(27, 4, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="dataflow"):
+        conv3d(x, torch.randn(27, 4, 3), dataflow="cudnn")
+    with pytest.raises(ValueError, match="kernel_size"):
+        conv3d(x, torch.randn(216, 4, 3), kernel_size=6)
+    with pytest.raises(ValueError, match="stride"):
+        conv3d(x, torch.randn(27, 4, 3), stride=0)
+    with pytest.raises(TypeError, match="SparseTensor"):
+        conv3d(x.feats, torch.randn(27, 4, 3))
+
+
+def test_grouping_planner_thresholds():
+    from sparseconv.functional.grouping import plan_groups
+
+    sizes = [100, 100, 90, 10, 0, 50]
+    assert plan_groups(sizes, 0.0) == [[0, 1], [2], [5], [3]]
+    groups = plan_groups(sizes, float("inf"))
+    assert groups == [[0, 1, 2, 5, 3]]
+    assert plan_groups(sizes, 0.25, skip=0) == [[1, 2, 5], [3]]  # 3 x 100 <= 1.25 x 240
+    # results do not depend on the grouping
+    coords = random_coords(200, extent=9, seed=8)
+    km = build_kernel_map(coords, 3)
+    x = torch.randn(len(coords), 6, dtype=torch.float64)
+    w = torch.randn(27, 6, 4, dtype=torch.float64)
+    from sparseconv.functional import dataflow_torch as dt
+
+    torch.testing.assert_close(dt.forward(x, w, km, 0.0), dt.forward(x, w, km, float("inf")))
