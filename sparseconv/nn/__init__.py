@@ -1,0 +1,21 @@
+"""Layers on ``SparseTensor`` (subclasses of ``torch.nn.Module``)."""
+
+from sparseconv.nn import convert
+from sparseconv.nn.conv import Conv3d
+from sparseconv.nn.pointwise import BatchNorm, Dropout, GroupNorm, LeakyReLU, ReLU, Sequential
+from sparseconv.nn.pooling import AvgPool3d, GlobalAvgPool, GlobalMaxPool, MaxPool3d
+
+__all__ = [
+    "AvgPool3d",
+    "BatchNorm",
+    "Conv3d",
+    "Dropout",
+    "GlobalAvgPool",
+    "GlobalMaxPool",
+    "GroupNorm",
+    "LeakyReLU",
+    "MaxPool3d",
+    "ReLU",
+    "Sequential",
+    "convert",
+]
