@@ -1,0 +1,1 @@
+"""Benchmarks (``sparseconv bench ...``): in-run, interleaved comparisons with peers."""

@@ -1,0 +1,71 @@
+"""Interleaved timing: contenders run A B C A B C ..., ratios are medians of per-round ratios.
+
+This machine's speed drifts by tens of percent within a minute, so numbers from separate runs
+are never compared: every round times all contenders back to back and each reported ratio is the
+median over rounds of ``t_a / t_b`` measured in the same round.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(
+    contenders: dict[str, Callable[[], object]],
+    rounds: int = 7,
+    warmup: int = 1,
+    device: str = "cpu",
+) -> dict[str, list[float]]:
+    """Seconds per call for each contender, one entry per round."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of ``time(b) / time(a)``: > 1 means ``a`` is faster than ``b``."""
+    return statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
+
+
+class Threads:
+    """Context manager running a block with a given number of torch CPU threads."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.saved)
+
+
+def gemm_gflops(device: str = "cpu", n: int = 2048, rounds: int = 5) -> float:
+    """Median GFLOP/s of an ``n^3`` float32 ``torch.mm`` on ``device`` (the machine's GEMM rate)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    t = interleaved({"mm": lambda: torch.mm(a, b)}, rounds=rounds, device=device)["mm"]
+    return 2 * n**3 / median(t) / 1e9

@@ -1,0 +1,26 @@
+"""The ``sparseconv`` command line: ``demo`` and ``bench {maps,conv}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sparseconv.cli import bench as bench_cmd
+from sparseconv.cli import demo as demo_cmd
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparseconv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo_cmd.add_parser(sub)
+    bench_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""``sparseconv bench maps|conv``: print a table and write JSON."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks against peers, measured in one interleaved run")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    m = bsub.add_parser(
+        "maps", help="hash vs merge-sort map building, with spconv's index generation"
+    )
+    m.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="synthetic voxel counts (default 10k..2M)",
+    )
+    c = bsub.add_parser(
+        "conv", help="per-layer forward / forward+backward for every dataflow and spconv"
+    )
+    c.add_argument("--channels", type=int, nargs="*", default=None, help="default 16 32 64 128 256")
+    c.add_argument("--no-backward", action="store_true", help="time the forward pass only")
+    for q in (m, c):
+        q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+        q.add_argument(
+            "--json", type=Path, default=None, help="write the results to this JSON file"
+        )
+        q.add_argument("--rounds", type=int, default=7, help="interleaved rounds per measurement")
+        q.add_argument(
+            "--data",
+            type=Path,
+            default=None,
+            help="folder with the real scans (default ../shared/data)",
+        )
+        q.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparseconv.bench import conv, maps, report
+
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda but no CUDA device is available")
+    env = report.environment(args.device)
+    if args.bench == "maps":
+        sizes = tuple(args.sizes) if args.sizes is not None else maps.DEFAULT_SIZES
+        rows = maps.run(args.device, sizes, args.rounds, args.data)
+        payload = {"environment": env, "rows": rows}
+    else:
+        channels = tuple(args.channels) if args.channels else conv.DEFAULT_CHANNELS
+        payload = conv.run(
+            args.device, channels, args.rounds, args.data, backward=not args.no_backward
+        )
+        payload["environment"] = env
+        rows = payload["rows"]
+        print(f"machine GEMM rate (2048^3 fp32 mm): {payload['gemm_gflops']:.1f} GFLOP/s")
+    print(report.format_table(rows))
+    if args.json:
+        report.save_json(args.json, payload)
+        print(f"wrote {args.json}")
+    return 0
