@@ -34,7 +34,7 @@ def _gather_gemm_scatter_kernel(
     dst_rows = tl.load(dst_idx_ptr + rows, mask=rmask, other=0).to(tl.int64)
     cn = pid_n * BN + tl.arange(0, BN)
     nmask = cn < c_out
-    if ACC64:
+    if ACC64:  # noqa: SIM108 (a constexpr branch: resolved at compile time)
         acc = tl.zeros((BM, BN), dtype=tl.float64)
     else:
         acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -70,7 +70,7 @@ def _weight_grad_kernel(
     omask = co < c_out
     start = tl.load(ptr_ptr + k)
     end = tl.load(ptr_ptr + k + 1)
-    if ACC64:
+    if ACC64:  # noqa: SIM108 (a constexpr branch: resolved at compile time)
         acc = tl.zeros((BI, BO), dtype=tl.float64)
     else:
         acc = tl.zeros((BI, BO), dtype=tl.float32)

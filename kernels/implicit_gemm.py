@@ -23,7 +23,7 @@ def _implicit_gemm_kernel(
     rmask = rows < n_dst
     cn = tl.program_id(1) * BN + tl.arange(0, BN)
     nmask = cn < c_out
-    if ACC64:
+    if ACC64:  # noqa: SIM108 (a constexpr branch: resolved at compile time)
         acc = tl.zeros((BM, BN), dtype=tl.float64)
     else:
         acc = tl.zeros((BM, BN), dtype=tl.float32)

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--train-scans", type=int, default=4)
     p.add_argument("--val-scans", type=int, default=2)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--voxel-size", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
