@@ -27,7 +27,9 @@ def run(device: str = "cpu", sizes=DEFAULT_SIZES, rounds: int = 7, data_dir=None
         for case, (k, s) in CASES.items():
             contenders = {
                 "hash": lambda c=coords, k=k, s=s: build_kernel_map(c, k, s, method="hash"),
-                "mergesort": lambda c=coords, k=k, s=s: build_kernel_map(c, k, s, method="mergesort"),
+                "mergesort": lambda c=coords, k=k, s=s: build_kernel_map(
+                    c, k, s, method="mergesort"
+                ),
             }
             if use_peer:
                 spconv_run = peers.spconv_index_fn(coords.cpu(), k, s, subm=s == 1)
