@@ -14,6 +14,7 @@ Cout tile) loops over that offset's pairs, so it needs no atomics and is determi
 import torch
 import triton
 import triton.language as tl
+from sparseconv.kernels.tiles import accumulate_gathered_dot
 
 
 @triton.jit
@@ -38,20 +39,21 @@ def _gather_gemm_scatter_kernel(
         acc = tl.zeros((BM, BN), dtype=tl.float64)
     else:
         acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for c0 in range(0, c_in, BK):
-        ck = c0 + tl.arange(0, BK)
-        kmask = ck < c_in
-        a = tl.load(
-            src_ptr + src_rows[:, None] * c_in + ck[None, :],
-            mask=rmask[:, None] & kmask[None, :],
-            other=0.0,
-        )
-        b = tl.load(
-            w_ptr + k * stride_wk + ck[:, None] * stride_wi + cn[None, :] * stride_wo,
-            mask=kmask[:, None] & nmask[None, :],
-            other=0.0,
-        )
-        acc += tl.dot(a, b)
+    acc = accumulate_gathered_dot(
+        acc,
+        src_ptr,
+        src_rows,
+        rmask,
+        w_ptr,
+        k,
+        cn,
+        nmask,
+        c_in,
+        stride_wk,
+        stride_wi,
+        stride_wo,
+        BK,
+    )
     tl.atomic_add(
         dst_ptr + dst_rows[:, None] * c_out + cn[None, :], acc, mask=rmask[:, None] & nmask[None, :]
     )

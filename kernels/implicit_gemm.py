@@ -11,6 +11,7 @@ map's ``nbmap`` with ``W^T``. Reference: ``sparseconv.functional.dataflow_torch.
 import torch
 import triton
 import triton.language as tl
+from sparseconv.kernels.tiles import accumulate_gathered_dot
 
 
 @triton.jit
@@ -31,20 +32,21 @@ def _implicit_gemm_kernel(
         nb = tl.load(nbmap_ptr + rows.to(tl.int64) * n_kernel + k, mask=rmask, other=-1)
         valid = nb >= 0
         src_rows = tl.where(valid, nb, 0).to(tl.int64)
-        for c0 in range(0, c_in, BK):
-            ck = c0 + tl.arange(0, BK)
-            kmask = ck < c_in
-            a = tl.load(
-                src_ptr + src_rows[:, None] * c_in + ck[None, :],
-                mask=valid[:, None] & kmask[None, :],
-                other=0.0,
-            )
-            b = tl.load(
-                w_ptr + k * stride_wk + ck[:, None] * stride_wi + cn[None, :] * stride_wo,
-                mask=kmask[:, None] & nmask[None, :],
-                other=0.0,
-            )
-            acc += tl.dot(a, b)
+        acc = accumulate_gathered_dot(
+            acc,
+            src_ptr,
+            src_rows,
+            valid,
+            w_ptr,
+            k,
+            cn,
+            nmask,
+            c_in,
+            stride_wk,
+            stride_wi,
+            stride_wo,
+            BK,
+        )
     tl.store(
         dst_ptr + rows.to(tl.int64)[:, None] * c_out + cn[None, :],
         acc,

@@ -39,27 +39,21 @@ def to_spconv(weight: torch.Tensor, kernel_size: int | tuple[int, int, int]) -> 
 def from_minkowski(weight: torch.Tensor, kernel_size: int | tuple[int, int, int]) -> torch.Tensor:
     """MinkowskiEngine ``[K, Cin, Cout]`` (x-fastest for odd volumes) to ours."""
     kx, ky, kz = _checked_kernel(weight, kernel_size)
-    if (kx * ky * kz) % 2 == 0:
-        return weight.clone()
-    w = weight.reshape(kz, ky, kx, weight.shape[1], weight.shape[2])
-    return (
-        w.permute(2, 1, 0, 3, 4)
-        .reshape(kx * ky * kz, weight.shape[1], weight.shape[2])
-        .contiguous()
-    )
+    return _swap_offset_order(weight, (kz, ky, kx))
 
 
 def to_minkowski(weight: torch.Tensor, kernel_size: int | tuple[int, int, int]) -> torch.Tensor:
     """Ours to MinkowskiEngine ``[K, Cin, Cout]``."""
     kx, ky, kz = _checked_kernel(weight, kernel_size)
-    if (kx * ky * kz) % 2 == 0:
+    return _swap_offset_order(weight, (kx, ky, kz))
+
+
+def _swap_offset_order(weight: torch.Tensor, dims: tuple[int, int, int]) -> torch.Tensor:
+    """Between x-major and x-fastest offset order (its own inverse); even volumes keep the order."""
+    if dims[0] * dims[1] * dims[2] % 2 == 0:
         return weight.clone()
-    w = weight.reshape(kx, ky, kz, weight.shape[1], weight.shape[2])
-    return (
-        w.permute(2, 1, 0, 3, 4)
-        .reshape(kx * ky * kz, weight.shape[1], weight.shape[2])
-        .contiguous()
-    )
+    w = weight.reshape(*dims, weight.shape[1], weight.shape[2]).permute(2, 1, 0, 3, 4)
+    return w.reshape(-1, weight.shape[1], weight.shape[2]).contiguous()
 
 
 def _checked_kernel(weight: torch.Tensor, kernel_size) -> tuple[int, int, int]:
