@@ -9,6 +9,9 @@ Achieved GFLOP/s counts the useful multiply-adds, ``2 * pairs * Cin * Cout``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 from tqdm import tqdm
 
@@ -16,21 +19,43 @@ import sparseconv as sc
 from sparseconv.bench import inputs, peers
 from sparseconv.bench.timing import Threads, gemm_gflops, interleaved, median, ratio
 from sparseconv.functional.dataflows import DATAFLOWS, triton_available
+from sparseconv.maps import build_kernel_map
 from sparseconv.nn.convert import to_spconv
 
 DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
 
 
-def _layers(coords: torch.Tensor) -> list[tuple[str, int, int, int, bool, torch.Tensor, int]]:
-    """(name, kernel, stride, tensor_stride, transposed, input coords, coords key stride)."""
+class Layer(NamedTuple):
+    name: str
+    kernel: int
+    stride: int
+    tensor_stride: int
+    transposed: bool
+    coords: torch.Tensor  # the layer's input coordinates
+
+
+@dataclass
+class Setting:
+    """What every layer of one run shares."""
+
+    base_coords: torch.Tensor
+    flows: list
+    use_peer: bool
+    rounds: int
+    device: str
+    gemm: float
+    backward: bool
+
+
+def _layers(coords: torch.Tensor) -> list[Layer]:
     x = sc.SparseTensor(torch.zeros(len(coords), 1), coords)
     levels = {1: x}
     for s in (2, 4, 8):
         prev = levels[s // 2]
         levels[s] = sc.functional.conv3d(prev, torch.zeros(8, 1, 1), kernel_size=2, stride=2)
-    out = [(f"subm k3 @s{s}", 3, 1, s, False, t.coords, s) for s, t in levels.items()]
-    out.append(("down k2s2 @s1", 2, 2, 1, False, coords, 1))
-    out.append(("up k2s2 @s2", 2, 2, 2, True, levels[2].coords, 2))
+    out = [Layer(f"subm k3 @s{s}", 3, 1, s, False, t.coords) for s, t in levels.items()]
+    out.append(Layer("down k2s2 @s1", 2, 2, 1, False, coords))
+    out.append(Layer("up k2s2 @s2", 2, 2, 2, True, levels[2].coords))
     return out
 
 
@@ -54,56 +79,28 @@ def run(
         if not f.needs_triton
         or (device.startswith("cuda") and triton_available(torch.device(device)))
     ]
-    use_peer = peers.spconv_available() and device == "cpu"
-    gemm = gemm_gflops(device)
-    rows = []
+    setting = Setting(
+        coords, flows, peers.spconv_available() and device == "cpu", rounds, device,
+        gemm_gflops(device), backward,
+    )  # fmt: skip
     plan = [(c, layer) for c in channels for layer in _layers(coords)]
-    for c, (lname, k, s, ts, transposed, in_coords, _) in tqdm(
-        plan, desc="bench conv", unit="layer"
-    ):
-        rows.append(
-            _bench_layer(
-                lname,
-                c,
-                k,
-                s,
-                ts,
-                transposed,
-                coords,
-                in_coords,
-                flows,
-                use_peer,
-                rounds,
-                device,
-                gemm,
-                backward,
-            )
-        )
+    rows = [
+        _bench_layer(layer, c, setting) for c, layer in tqdm(plan, desc="bench conv", unit="layer")
+    ]
     return {
         "input": name,
         "voxels": int(len(coords)),
-        "gemm_gflops": gemm,
+        "gemm_gflops": setting.gemm,
         "device": device,
         "rows": rows,
     }
 
 
-def _bench_layer(
-    lname,
-    c,
-    k,
-    s,
-    ts,
-    transposed,
-    base_coords,
-    in_coords,
-    flows,
-    use_peer,
-    rounds,
-    device,
-    gemm,
-    backward,
-):
+def _bench_layer(layer: Layer, c: int, st: Setting) -> dict:
+    lname, k, s, ts, transposed, in_coords = layer
+    base_coords, flows, use_peer, rounds, device, gemm, backward = (
+        st.base_coords, st.flows, st.use_peer, st.rounds, st.device, st.gemm, st.backward
+    )  # fmt: skip
     torch.manual_seed(0)
     weight = torch.randn(k**3, c, c, device=device) * (1.0 / (c * k**3) ** 0.5)
     feats = torch.randn(len(in_coords), c, device=device)
@@ -111,12 +108,8 @@ def _bench_layer(
     ref = sc.functional.conv3d(
         x, weight, kernel_size=k, stride=s, transposed=transposed, dataflow="torch"
     )
-    kmap = next(
-        iter(
-            v
-            for key, v in x.cache.kmaps.items()
-            if key[1] == (k, k, k) and key[4] == transposed and key[0] == (ts,) * 3
-        )
+    kmap = build_kernel_map(  # the map ``ref`` just cached
+        x.coords, k, s, tensor_stride=ts, transposed=transposed, cache=x.cache
     )
     pairs = int(kmap.in_idx.numel())
     contenders, contenders_bwd = {}, {}

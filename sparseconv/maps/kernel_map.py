@@ -130,8 +130,7 @@ def submanifold_from_half(
     out_idx = torch.cat([out_a, centre, in_a[order]])
     half_counts = torch.bincount(k_idx, minlength=n_half).cpu()
     counts = torch.cat([half_counts, torch.tensor([n]), half_counts.flip(0)])
-    kmap = KernelMap(in_idx, out_idx, _ptr(counts), coords, n, offsets, submanifold=True)
-    return kmap
+    return KernelMap(in_idx, out_idx, _ptr(counts), coords, n, offsets, submanifold=True)
 
 
 def _ptr(counts: torch.Tensor) -> torch.Tensor:
