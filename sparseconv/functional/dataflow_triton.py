@@ -3,9 +3,8 @@
 ``triton_gather_scatter`` accumulates with atomics (fast, order-dependent rounding);
 ``triton_implicit_gemm`` is output-stationary over ``nbmap`` and deterministic. Both use the
 deterministic per-offset weight-gradient kernel. On CPU tensors they only run under
-``TRITON_INTERPRET=1`` (tests); on CUDA, float32 ``tl.dot`` uses tf32 unless
-``torch.backends.cuda.matmul.allow_tf32`` is False (then exact fp32 via ``input_precision``
-is not forced; see docs/conventions.md).
+``TRITON_INTERPRET=1`` (tests). On CUDA, a float32 ``tl.dot`` runs at Triton's default input
+precision (tf32 on tensor-core GPUs, relative error near 3e-4); see docs/conventions.md.
 """
 
 from __future__ import annotations
