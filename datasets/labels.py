@@ -26,3 +26,27 @@ def semantickitti_learning_map() -> np.ndarray:
     for raw, name in _RAW_TO_NAME.items():
         lut[raw] = SEMANTICKITTI_CLASSES.index(name)
     return lut
+
+
+# nuScenes-lidarseg: 32 raw classes -> the 16 classes of the lidarseg challenge. Raw ids not
+# listed (noise, animal, personal mobility, stroller, wheelchair, debris, pushable/pullable,
+# bicycle rack, ambulance, police vehicle, static.other, ego vehicle) are ignored.
+NUSCENES_CLASSES = (
+    "barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle", "pedestrian",
+    "traffic_cone", "trailer", "truck", "driveable_surface", "other_flat", "sidewalk", "terrain",
+    "manmade", "vegetation",
+)  # fmt: skip
+_NUSCENES_RAW_TO_NAME = {
+    9: "barrier", 14: "bicycle", 15: "bus", 16: "bus", 17: "car", 18: "construction_vehicle",
+    21: "motorcycle", 2: "pedestrian", 3: "pedestrian", 4: "pedestrian", 6: "pedestrian",
+    12: "traffic_cone", 22: "trailer", 23: "truck", 24: "driveable_surface", 25: "other_flat",
+    26: "sidewalk", 27: "terrain", 28: "manmade", 30: "vegetation",
+}  # fmt: skip
+
+
+def nuscenes_learning_map() -> np.ndarray:
+    """Lookup table ``[256]``: nuScenes-lidarseg raw id -> train id 0..15, else ``IGNORE_INDEX``."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for raw, name in _NUSCENES_RAW_TO_NAME.items():
+        lut[raw] = NUSCENES_CLASSES.index(name)
+    return lut

@@ -9,7 +9,9 @@ Everything is drawn from ``numpy.random.default_rng(seed)``, so a seed gives the
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -123,3 +125,31 @@ def synthesize_scan(seed: int, cfg: SceneConfig | None = None) -> tuple[np.ndarr
     remission = np.array([REMISSION[n] for n in name_of]) + rng.normal(0, 0.05, len(name_of))
     pts = np.concatenate([xyz, np.clip(remission, 0, 1)[:, None]], 1).astype(np.float32)
     return pts, labels
+
+
+def write_synthetic_dataset(
+    out: str | os.PathLike,
+    train_scans: int = 8,
+    val_scans: int = 2,
+    seed: int = 0,
+    cfg: SceneConfig | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write scans in SemanticKITTI's layout: training scenes as sequence 00, held-out as 08.
+
+    Scan ``i`` of the dataset uses scene seed ``seed * 100_000 + i``, so the training and
+    held-out scenes never share a street. Returns ``out``; ``SemanticKITTI(out, "train")`` and
+    ``SemanticKITTI(out, "val")`` read it back.
+    """
+    from sparseconv.datasets.io import write_semantickitti_scan
+    from tqdm import tqdm
+
+    if train_scans < 0 or val_scans < 0 or train_scans + val_scans == 0:
+        raise ValueError(f"need at least one scan, got train={train_scans}, val={val_scans}")
+    out = Path(out)
+    jobs = [("00", i, i) for i in range(train_scans)]
+    jobs += [("08", i, train_scans + i) for i in range(val_scans)]
+    for seq, index, k in tqdm(jobs, desc="synthesise scans", unit="scan", disable=not progress):
+        points, labels = synthesize_scan(seed * 100_000 + k, cfg)
+        write_semantickitti_scan(out / "sequences" / seq, index, points, labels)
+    return out

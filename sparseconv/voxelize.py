@@ -140,3 +140,25 @@ def _trilinear(x: SparseTensor, points: torch.Tensor, voxel_size) -> torch.Tenso
         out[hit] += w[hit, None] * x.feats[idx[hit]]
         wsum[hit] += w[hit]
     return out / wsum.clamp(min=1e-12)[:, None]
+
+
+def points_to_voxels(
+    x: SparseTensor, points: torch.Tensor, point_feats: torch.Tensor, voxel_size=1.0
+) -> SparseTensor:
+    """Average point features into the voxels of ``x`` at its stride (SPVCNN's point-to-voxel).
+
+    ``points`` is ``[N, 4]`` (batch, x, y, z) in metres, quantised with ``voxel_size`` as
+    :func:`voxelize` does. Points whose cell is not a voxel of ``x`` are left out; voxels that
+    receive no point get zeros.
+    """
+    vs = torch.as_tensor(voxel_size, dtype=points.dtype, device=points.device).flatten()
+    stride = torch.tensor(x.stride, dtype=torch.long, device=points.device)
+    cell = torch.div(torch.floor(points[:, 1:] / vs).long(), stride, rounding_mode="floor") * stride
+    coords = torch.cat([points[:, :1].long(), cell], 1).int()
+    table = x.cache.table(x.stride, x.coords, K.pack(x.coords))
+    idx = table.query(K.pack(coords)).long()
+    hit = idx >= 0
+    acc = point_feats.new_zeros((len(x), point_feats.shape[1]))
+    acc.index_add_(0, idx[hit], point_feats[hit])
+    count = torch.bincount(idx[hit], minlength=len(x)).clamp(min=1).to(acc.dtype)
+    return x.replace_feats(acc / count[:, None])

@@ -1,5 +1,7 @@
-"""Segmentation networks built from ``sparseconv.nn``."""
+"""Segmentation networks built from ``sparseconv.nn``: ``MinkUNet``, ``SPVCNN``, ``SmallUNet``."""
 
+from sparseconv.models.minkunet import MINKUNET18_BLOCKS, MINKUNET34_BLOCKS, MinkUNet
 from sparseconv.models.small_unet import SmallUNet
+from sparseconv.models.spvcnn import SPVCNN
 
-__all__ = ["SmallUNet"]
+__all__ = ["MINKUNET18_BLOCKS", "MINKUNET34_BLOCKS", "MinkUNet", "SPVCNN", "SmallUNet"]

@@ -1,0 +1,49 @@
+"""Building blocks shared by the segmentation networks (TorchSparse/SPVNAS block definitions)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from sparseconv import nn as snn
+from sparseconv.tensor import SparseTensor
+
+
+class ConvBlock(snn.Sequential):
+    """Conv3d -> BatchNorm -> ReLU (strided, submanifold or transposed)."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 1, transposed: bool = False
+    ) -> None:
+        super().__init__(
+            snn.Conv3d(c_in, c_out, kernel_size, stride=stride, transposed=transposed),
+            snn.BatchNorm(c_out),
+            snn.ReLU(True),
+        )
+
+
+class ResidualBlock(nn.Module):
+    """Two k3 submanifold convs with BN, plus the input (through a k1 conv + BN when widths differ)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.main = snn.Sequential(
+            snn.Conv3d(c_in, c_out, kernel_size),
+            snn.BatchNorm(c_out),
+            snn.ReLU(True),
+            snn.Conv3d(c_out, c_out, kernel_size),
+            snn.BatchNorm(c_out),
+        )
+        self.shortcut = (
+            snn.Sequential()
+            if c_in == c_out
+            else snn.Sequential(snn.Conv3d(c_in, c_out, 1), snn.BatchNorm(c_out))
+        )
+        self.relu = snn.ReLU(True)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        y = self.main(x)
+        return self.relu(y.replace_feats(y.feats + self.shortcut(x).feats))
+
+
+def residual_stage(c_in: int, c_out: int, n_blocks: int) -> list[nn.Module]:
+    return [ResidualBlock(c_in if i == 0 else c_out, c_out) for i in range(n_blocks)]
