@@ -22,3 +22,34 @@ def real_scan_points() -> torch.Tensor:
     import numpy as np
 
     return torch.from_numpy(np.fromfile(KITTI_SCAN, dtype=np.float32).reshape(-1, 4))
+
+
+@pytest.fixture
+def kitti_root() -> Path:
+    root = DATA / "semantickitti"
+    if not (root / "sequences").is_dir():
+        pytest.skip(f"real scans not found at {DATA} (see shared/data/README.md)")
+    return root
+
+
+def write_tiny_kitti(root: Path, n_train: int = 3, n_val: int = 1, n_points: int = 3000) -> Path:
+    """A small SemanticKITTI-format dataset: labelled planes and boxes, quick to train on."""
+    import numpy as np
+
+    from sparseconv.datasets.io import write_semantickitti_scan
+
+    rng = np.random.default_rng(0)
+    for seq, n in (("00", n_train), ("08", n_val)):
+        for i in range(n):
+            ground = np.c_[rng.uniform(-10, 10, (n_points, 2)), rng.normal(0, 0.02, n_points)]
+            box = rng.uniform([-2, -2, 0.2], [2, 2, 2.0], (n_points // 2, 3))
+            xyz = np.concatenate([ground, box]).astype(np.float32)
+            pts = np.c_[xyz, rng.uniform(0, 1, len(xyz))].astype(np.float32)
+            labels = np.r_[np.full(n_points, 40), np.full(n_points // 2, 10)].astype(np.uint32)
+            write_semantickitti_scan(root / "sequences" / seq, i, pts, labels)
+    return root
+
+
+@pytest.fixture
+def tiny_kitti(tmp_path) -> Path:
+    return write_tiny_kitti(tmp_path / "kitti")

@@ -1,4 +1,4 @@
-"""The ``sparseconv`` command line: ``demo`` and ``bench {maps,conv}``."""
+"""The ``sparseconv`` command line: ``demo``, ``train``, ``eval``, ``data synth``, ``bench {maps,conv}``."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ import argparse
 import sys
 
 from sparseconv.cli import bench as bench_cmd
+from sparseconv.cli import data as data_cmd
 from sparseconv.cli import demo as demo_cmd
+from sparseconv.cli import train as train_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparseconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo_cmd.add_parser(sub)
+    train_cmd.add_parsers(sub)
+    data_cmd.add_parser(sub)
     bench_cmd.add_parser(sub)
     return parser
 

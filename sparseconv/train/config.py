@@ -96,13 +96,16 @@ def _coerce(name: str, value, default, annotation: str):
 
 
 def load_config(
-    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    base: dict | None = None,
 ) -> TrainConfig:
-    """Defaults, then the YAML file, then ``key=value`` overrides (values parsed as YAML)."""
+    """Defaults, then ``base`` (e.g. a checkpoint's config), then the YAML file, then
+    ``key=value`` overrides (values parsed as YAML)."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     defaults = TrainConfig()
     values: dict = {}
-    sources: list[tuple[str, dict]] = []
+    sources: list[tuple[str, dict]] = [("checkpoint config", base)] if base else []
     if path is not None:
         path = Path(path)
         if not path.is_file():

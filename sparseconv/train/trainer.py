@@ -166,7 +166,15 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
         }  # fmt: skip
 
+    def sync_buffers(self) -> None:
+        """BN running statistics are per rank under DDP (it only broadcasts them at the next
+        forward); take rank 0's so every rank and every checkpoint holds the same model."""
+        if self.world > 1:
+            for buf in self.model.buffers():
+                torch.distributed.broadcast(buf, 0)
+
     def save(self) -> None:
+        self.sync_buffers()
         if self.rank == 0:
             save_checkpoint(self.ckpt_dir / "last.pt", self.state())
         dist_util.barrier()
@@ -259,7 +267,7 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save()
         bar.close()
-        self.save()
+        self.save()  # also syncs BN buffers across ranks
         summary = self.run_eval(final=True)
         summary["train_seconds"] = time.time() - t0
         if self.rank == 0:
