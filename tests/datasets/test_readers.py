@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from sparseconv.datasets.io import read_bin_scan, read_label_file
 
 from sparseconv import datasets as D
-from sparseconv.datasets.io import read_bin_scan, read_label_file
 
 
 @pytest.mark.parametrize("seq", ["08", "00"])
@@ -59,7 +59,7 @@ def test_nuscenes_reader(kitti_root):
         pytest.skip("nuScenes sample not available")
     ds = D.NuScenesLidarSeg(root)
     points, labels = ds.load(0)
-    assert points.shape == (34_688, 4) and 0 <= points[:, 3].min() and points[:, 3].max() <= 1
+    assert points.shape == (34_688, 4) and points[:, 3].min() >= 0 and points[:, 3].max() <= 1
     assert (labels == D.IGNORE_INDEX).all()  # the sample ships without lidarseg labels
     lut = D.nuscenes_learning_map()
     assert D.NUSCENES_CLASSES[lut[17]] == "car" and D.NUSCENES_CLASSES[lut[2]] == "pedestrian"
