@@ -40,6 +40,11 @@ class MinkUNet(nn.Module):
         widths: list[int] | None = None,
     ) -> None:
         super().__init__()
+        # constructor arguments, so sparseconv.prune.load can rebuild the architecture
+        self.init_kwargs = {
+            "in_channels": in_channels, "num_classes": num_classes, "width": width,
+            "blocks": list(blocks), "widths": widths,
+        }  # fmt: skip
         if len(blocks) != 8:
             raise ValueError(f"blocks must give 8 stage depths (4 down, 4 up), got {blocks}")
         cs = list(widths) if widths is not None else scaled_widths(width)

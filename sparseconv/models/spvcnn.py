@@ -34,6 +34,7 @@ class SPVCNN(MinkUNet):
         dropout: float = 0.3,
     ) -> None:
         super().__init__(in_channels, num_classes, width, blocks, widths)
+        self.init_kwargs["dropout"] = dropout
         cs = self.widths
         self.point_mlps = nn.ModuleList(
             [_point_mlp(cs[0], cs[4]), _point_mlp(cs[4], cs[6]), _point_mlp(cs[6], cs[8])]

@@ -1,0 +1,64 @@
+"""Pruning of sparse-conv networks: channel (physically smaller), N:M and fine-grained.
+
+```python
+graph = sc.prune.DependencyGraph(net, example)        # coupled channels, printable
+small = sc.prune.channel_prune(net, example, ratio=0.5, importance="l2")
+report = sc.prune.nm_prune(net, n=2, m=4)             # masks stay applied while fine-tuning
+sc.prune.save(small, "small.npz"); again = sc.prune.load("small.npz")
+```
+"""
+
+from sparseconv.prune.channel import channel_prune, resolve_importance, zero_channels
+from sparseconv.prune.graph import DependencyGraph
+from sparseconv.prune.importance import (
+    APoZ,
+    BNScale,
+    Hessian,
+    Importance,
+    Magnitude,
+    Random,
+    SNIP,
+    Taylor,
+    Uniform,
+    bn_l1_penalty,
+)
+from sparseconv.prune.masks import (
+    check_nm,
+    decompress_nm,
+    export_nm,
+    fine_grained_prune,
+    masked_layers,
+    nm_prune,
+    remove_mask,
+)
+from sparseconv.prune.reconstruction import Reconstruction
+from sparseconv.prune.serialize import load, save
+from sparseconv.prune.shrink import remove_channels
+
+__all__ = [
+    "APoZ",
+    "BNScale",
+    "DependencyGraph",
+    "Hessian",
+    "Importance",
+    "Magnitude",
+    "Random",
+    "Reconstruction",
+    "SNIP",
+    "Taylor",
+    "Uniform",
+    "bn_l1_penalty",
+    "channel_prune",
+    "check_nm",
+    "decompress_nm",
+    "export_nm",
+    "fine_grained_prune",
+    "load",
+    "masked_layers",
+    "nm_prune",
+    "remove_channels",
+    "remove_mask",
+    "resolve_importance",
+    "save",
+    "zero_channels",
+]
