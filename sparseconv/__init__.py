@@ -11,4 +11,13 @@ from sparseconv.voxelize import devoxelize, voxelize
 
 __version__ = "0.1.0"
 
-__all__ = ["SparseTensor", "devoxelize", "functional", "maps", "nn", "prune", "sparse_collate", "voxelize"]
+__all__ = [
+    "SparseTensor",
+    "devoxelize",
+    "functional",
+    "maps",
+    "nn",
+    "prune",
+    "sparse_collate",
+    "voxelize",
+]

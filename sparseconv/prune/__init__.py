@@ -11,13 +11,13 @@ sc.prune.save(small, "small.npz"); again = sc.prune.load("small.npz")
 from sparseconv.prune.channel import channel_prune, resolve_importance, zero_channels
 from sparseconv.prune.graph import DependencyGraph
 from sparseconv.prune.importance import (
+    SNIP,
     APoZ,
     BNScale,
     Hessian,
     Importance,
     Magnitude,
     Random,
-    SNIP,
     Taylor,
     Uniform,
     bn_l1_penalty,

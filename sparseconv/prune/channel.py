@@ -139,7 +139,8 @@ def channel_prune(
     imp = resolve_importance(importance)
     target = model if inplace else copy.deepcopy(model)
     graph = DependencyGraph(target, example_input)
-    groups = graph.prunable_groups(tuple(ignore))
+    graph.ignore = tuple(ignore)
+    groups = graph.prunable_groups()
     scores = imp.channel_scores(graph)
     if global_ranking:
         removed = plan_global(groups, scores, ratio, round_to, min_width)

@@ -347,11 +347,20 @@ class DependencyGraph:
         for producers, classes in by_producers.items():
             blocked = any(self.classes[i].blocked for i in classes)
             self.groups.append(
-                Group(producers, classes, not blocked, "feeds the output or an op that mixes channels" if blocked else "")
+                Group(
+                    producers,
+                    classes,
+                    not blocked,
+                    "feeds the output or an op that mixes channels" if blocked else "",
+                )
             )
 
-    def prunable_groups(self, ignore: tuple[str, ...] = ()) -> list[Group]:
-        """Groups whose channels may be removed; ``ignore`` lists layer names (or prefixes)."""
+    ignore: tuple[str, ...] = ()
+
+    def prunable_groups(self, ignore: tuple[str, ...] | None = None) -> list[Group]:
+        """Groups whose channels may be removed; ``ignore`` lists layer names (or prefixes) whose
+        output channels stay (default: ``self.ignore``, set by ``channel_prune``)."""
+        ignore = self.ignore if ignore is None else ignore
 
         def ignored(name: str) -> bool:
             return any(name == p or name.startswith(p + ".") for p in ignore)

@@ -25,9 +25,7 @@ LossFn = Callable[[nn.Module, object], torch.Tensor]
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     """``name -> weight`` of every layer N:M / fine-grained pruning acts on (Conv3d, Linear)."""
-    return {
-        n: m.weight for n, m in model.named_modules() if isinstance(m, PRODUCER_TYPES)
-    }
+    return {n: m.weight for n, m in model.named_modules() if isinstance(m, PRODUCER_TYPES)}
 
 
 def out_axis(module: nn.Module) -> int:
@@ -53,7 +51,9 @@ class Importance:
         scores = self.weight_scores(graph.model)
         return self._sum_producers(graph, scores)
 
-    def _sum_producers(self, graph: DependencyGraph, scores: dict[str, torch.Tensor], post=None) -> torch.Tensor:
+    def _sum_producers(
+        self, graph: DependencyGraph, scores: dict[str, torch.Tensor], post=None
+    ) -> torch.Tensor:
         out = torch.zeros(len(graph.classes), dtype=torch.float64)
         for name, classes in graph.layer_classes["producers"].items():
             per = per_output_channel(graph.modules[name], scores[name].double())
@@ -76,7 +76,9 @@ class Magnitude(Importance):
         return {n: w.detach().abs().pow(self.p) for n, w in prunable_weights(model).items()}
 
     def channel_scores(self, graph: DependencyGraph) -> torch.Tensor:
-        return self._sum_producers(graph, self.weight_scores(graph.model), lambda s: s.pow(1 / self.p))
+        return self._sum_producers(
+            graph, self.weight_scores(graph.model), lambda s: s.pow(1 / self.p)
+        )
 
 
 class BNScale(Importance):
@@ -89,6 +91,11 @@ class BNScale(Importance):
     name = "bn_scale"
     per_weight = False
 
+    def __init__(self, missing: str = "error") -> None:
+        if missing not in ("error", "keep"):
+            raise ValueError(f"missing must be 'error' or 'keep', got {missing!r}")
+        self.missing = missing  # channels with no norm: raise, or keep them (score +inf)
+
     def channel_scores(self, graph: DependencyGraph) -> torch.Tensor:
         out = torch.zeros(len(graph.classes), dtype=torch.float64)
         seen = torch.zeros(len(graph.classes), dtype=torch.bool)
@@ -98,15 +105,22 @@ class BNScale(Importance):
                 raise ValueError(f"bn_scale needs affine norms; {name} has no weight")
             out.index_add_(0, torch.tensor(classes), gamma.detach().abs().double().cpu())
             seen[torch.tensor(classes)] = True
-        missing = [g.producers[0] for g in graph.groups if g.prunable and not seen[g.classes].all()]
-        if missing:
-            raise ValueError(f"bn_scale needs a norm on every prunable channel; none after {missing[:3]}")
-        return out
+        missing = [g.producers[0] for g in graph.prunable_groups() if not seen[g.classes].all()]
+        if missing and self.missing == "error":
+            raise ValueError(
+                f"bn_scale needs a norm on every prunable channel; none after {missing[:3]} "
+                "(ignore those layers or use BNScale(missing='keep'))"
+            )
+        return torch.where(seen, out, torch.full_like(out, torch.inf))
 
 
 def bn_l1_penalty(model: nn.Module, strength: float) -> torch.Tensor:
     """``strength * sum |gamma|`` over every BatchNorm: the network-slimming sparsity term."""
-    terms = [m.weight.abs().sum() for m in model.modules() if isinstance(m, nn.BatchNorm1d) and m.weight is not None]
+    terms = [
+        m.weight.abs().sum()
+        for m in model.modules()
+        if isinstance(m, nn.BatchNorm1d) and m.weight is not None
+    ]
     return strength * torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -136,7 +150,9 @@ class Uniform(Importance):
     def channel_scores(self, graph: DependencyGraph) -> torch.Tensor:
         out = torch.zeros(len(graph.classes), dtype=torch.float64)
         for g in graph.groups:
-            out[torch.tensor(g.classes)] = -torch.arange(len(g.classes), dtype=torch.float64) / max(1, len(g))
+            out[torch.tensor(g.classes)] = -torch.arange(len(g.classes), dtype=torch.float64) / max(
+                1, len(g)
+            )
         return out
 
 
@@ -256,7 +272,9 @@ class APoZ(Importance):
     def channel_scores(self, graph: DependencyGraph) -> torch.Tensor:
         acts = graph.layer_classes["activations"]
         if not acts:
-            raise ValueError("apoz needs ReLU modules (sparseconv.nn.ReLU or torch.nn.ReLU) in the model")
+            raise ValueError(
+                "apoz needs ReLU modules (sparseconv.nn.ReLU or torch.nn.ReLU) in the model"
+            )
         zeros = {n: 0.0 for n in acts}
         counts = {n: 0 for n in acts}
 

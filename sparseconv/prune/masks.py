@@ -54,7 +54,9 @@ def _apply_mask_hook(module: nn.Module, args) -> None:
 def set_mask(module: nn.Module, mask: torch.Tensor, kind: str) -> None:
     """Attach (or replace) the mask of ``module.weight``; ``kind`` is stored for export/load."""
     if mask.shape != module.weight.shape:
-        raise ValueError(f"mask shape {list(mask.shape)} != weight shape {list(module.weight.shape)}")
+        raise ValueError(
+            f"mask shape {list(mask.shape)} != weight shape {list(module.weight.shape)}"
+        )
     if hasattr(module, "weight_mask"):
         module.weight_mask = mask.to(module.weight.device, torch.bool)
     else:
@@ -88,7 +90,9 @@ class NMReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        lines = [f"{self.n}:{self.m} pruning: {len(self.pruned)} layers pruned, {len(self.skipped)} skipped"]
+        lines = [
+            f"{self.n}:{self.m} pruning: {len(self.pruned)} layers pruned, {len(self.skipped)} skipped"
+        ]
         lines += [f"  skipped {k}: {v}" for k, v in self.skipped.items()]
         return "\n".join(lines)
 
@@ -137,7 +141,9 @@ def nm_prune(
         set_mask(module, nm_mask(scores[name].to(w.device), n, m, axis=1), f"nm:{n}:{m}")
         report.pruned.append(name)
     if report.skipped:
-        warnings.warn(f"{n}:{m} pruning skipped {len(report.skipped)} layers: {report.skipped}", stacklevel=2)
+        warnings.warn(
+            f"{n}:{m} pruning skipped {len(report.skipped)} layers: {report.skipped}", stacklevel=2
+        )
     return report
 
 
@@ -207,7 +213,9 @@ def export_nm(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
         mask = mod.weight_mask.movedim(1, -1)
         g = w.reshape(*w.shape[:-1], -1, m)
         gm = mask.reshape(*mask.shape[:-1], -1, m)
-        idx = gm.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :n].sort(-1).values
+        idx = (
+            gm.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[..., :n].sort(-1).values
+        )
         vals = g.gather(-1, idx)
         out[name] = {
             "values": vals.reshape(*w.shape[:-1], -1).movedim(-1, 1).contiguous(),
@@ -221,7 +229,9 @@ def export_nm(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
 def decompress_nm(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Dense weight from :func:`export_nm`'s compressed form (kept weights scattered back)."""
     if values.shape != indices.shape:
-        raise ValueError(f"values {list(values.shape)} and indices {list(indices.shape)} differ in shape")
+        raise ValueError(
+            f"values {list(values.shape)} and indices {list(indices.shape)} differ in shape"
+        )
     v = values.movedim(1, -1)
     i = indices.long().movedim(1, -1)
     vg = v.reshape(*v.shape[:-1], -1, n)

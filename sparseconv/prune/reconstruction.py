@@ -56,7 +56,14 @@ class Reconstruction(Importance):
     name = "reconstruction"
     per_weight = False
 
-    def __init__(self, batches: Iterable, max_batches: int | None = None, rows_per_batch: int = 8192, ridge: float = 1e-6, seed: int = 0) -> None:
+    def __init__(
+        self,
+        batches: Iterable,
+        max_batches: int | None = None,
+        rows_per_batch: int = 8192,
+        ridge: float = 1e-6,
+        seed: int = 0,
+    ) -> None:
         self.batches = batches
         self.max_batches = max_batches
         self.rows = rows_per_batch
@@ -65,7 +72,11 @@ class Reconstruction(Importance):
         self.gram: dict[str, torch.Tensor] = {}
 
     def calibrate(self, graph: DependencyGraph) -> None:
-        names = [n for n in graph.layer_classes["consumers"] if isinstance(graph.modules[n], (snn.Conv3d, nn.Linear))]
+        names = [
+            n
+            for n in graph.layer_classes["consumers"]
+            if isinstance(graph.modules[n], (snn.Conv3d, nn.Linear))
+        ]
         gen = torch.Generator().manual_seed(self.seed)
         self.gram = {}
 

@@ -74,12 +74,18 @@ def remove_channels(graph: DependencyGraph, removed: Iterable[int]) -> None:
         return
     mods = graph.modules
     plan = []
-    for kind, fn in (("producers", shrink_outputs), ("norms", shrink_norm), ("consumers", shrink_inputs)):
+    for kind, fn in (
+        ("producers", shrink_outputs),
+        ("norms", shrink_norm),
+        ("consumers", shrink_inputs),
+    ):
         for name, classes in graph.layer_classes[kind].items():
             if any(c in removed for c in classes):
                 keep = _keep(classes, removed, "cpu")
                 if len(keep) == 0:
-                    raise ValueError(f"removing these channels would leave {name} with no {kind[:-1]} channel")
+                    raise ValueError(
+                        f"removing these channels would leave {name} with no {kind[:-1]} channel"
+                    )
                 plan.append((fn, mods[name], keep))
     for fn, module, keep in plan:  # validated above: apply all or nothing
         fn(module, keep)
