@@ -9,6 +9,7 @@ sc.prune.save(small, "small.npz"); again = sc.prune.load("small.npz")
 """
 
 from sparseconv.prune.channel import channel_prune, resolve_importance, zero_channels
+from sparseconv.prune.cost import count_macs
 from sparseconv.prune.graph import DependencyGraph
 from sparseconv.prune.importance import (
     SNIP,
@@ -32,10 +33,29 @@ from sparseconv.prune.masks import (
     remove_mask,
 )
 from sparseconv.prune.reconstruction import Reconstruction
+from sparseconv.prune.schedule import (
+    FINETUNE_LR_FACTOR,
+    GradualPruner,
+    LotteryTicket,
+    cubic_sparsity,
+    finetune_lr,
+    iterative_channel_prune,
+)
+from sparseconv.prune.search import Sensitivity, netadapt, sensitivity_scan
 from sparseconv.prune.serialize import load, save
 from sparseconv.prune.shrink import remove_channels
 
 __all__ = [
+    "FINETUNE_LR_FACTOR",
+    "GradualPruner",
+    "LotteryTicket",
+    "Sensitivity",
+    "count_macs",
+    "cubic_sparsity",
+    "finetune_lr",
+    "iterative_channel_prune",
+    "netadapt",
+    "sensitivity_scan",
     "APoZ",
     "BNScale",
     "DependencyGraph",
