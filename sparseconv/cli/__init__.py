@@ -1,4 +1,5 @@
-"""The ``sparseconv`` command line: ``demo``, ``train``, ``eval``, ``data synth``, ``bench {maps,conv}``."""
+"""The ``sparseconv`` command line: ``demo``, ``train``, ``eval``, ``prune``, ``data synth``,
+``bench {maps,conv,prune}``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from sparseconv.cli import bench as bench_cmd
 from sparseconv.cli import data as data_cmd
 from sparseconv.cli import demo as demo_cmd
+from sparseconv.cli import prune as prune_cmd
 from sparseconv.cli import train as train_cmd
 
 
@@ -16,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo_cmd.add_parser(sub)
     train_cmd.add_parsers(sub)
+    prune_cmd.add_parser(sub)
     data_cmd.add_parser(sub)
     bench_cmd.add_parser(sub)
     return parser

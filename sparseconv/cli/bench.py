@@ -24,7 +24,17 @@ def add_parser(sub) -> None:
     )
     c.add_argument("--channels", type=int, nargs="*", default=None, help="default 16 32 64 128 256")
     c.add_argument("--no-backward", action="store_true", help="time the forward pass only")
-    for q in (m, c):
+    pr = bsub.add_parser(
+        "prune", help="dense vs pruned variants of a trained run: mIoU, MACs, latency"
+    )
+    pr.add_argument("--run", type=Path, required=True, help="run folder of `sparseconv train`/demo")
+    pr.add_argument(
+        "--variants", nargs="*", default=None,
+        help="dense, channel:<importance>:<ratio>, nm:<n>:<m>, fine:<importance>:<sparsity> "
+        "(default: dense, channel l2 0.3/0.5, uniform 0.3, random 0.3, 2:4, fine 0.5)",
+    )  # fmt: skip
+    pr.add_argument("--finetune-steps", type=int, default=100, help="per variant, at lr/10")
+    for q in (m, c, pr):
         q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
         q.add_argument(
             "--json", type=Path, default=None, help="write the results to this JSON file"
@@ -41,6 +51,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sparseconv.bench import conv, maps, report
+
+    if args.bench == "prune":
+        return run_prune_bench(args)
 
     if args.device.startswith("cuda"):
         import torch
@@ -61,6 +74,26 @@ def run(args: argparse.Namespace) -> int:
         rows = payload["rows"]
         print(f"machine GEMM rate (2048^3 fp32 mm): {payload['gemm_gflops']:.1f} GFLOP/s")
     print(report.format_table(rows))
+    if args.json:
+        report.save_json(args.json, payload)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_prune_bench(args: argparse.Namespace) -> int:
+    from sparseconv.bench import prune, report
+    from sparseconv.train.pruning import parse_spec
+
+    specs = [parse_spec(v) for v in args.variants] if args.variants else prune.DEFAULT_SPECS
+    if specs[0].method != "dense":
+        specs = [parse_spec("dense"), *specs]
+    payload = prune.run(args.run, specs, args.finetune_steps, args.rounds)
+    payload["environment"] = report.environment("cpu")
+    print(
+        f"dense mIoU {payload['dense_miou']:.1f} %; fine-tuning {args.finetune_steps} steps per variant"
+    )
+    print(report.format_table(prune.table_rows(payload["rows"])))
+    print(f"plot: {payload['out_dir']}/prune_tradeoff.png")
     if args.json:
         report.save_json(args.json, payload)
         print(f"wrote {args.json}")

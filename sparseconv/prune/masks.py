@@ -46,9 +46,9 @@ def _apply_mask_hook(module: nn.Module, args) -> None:
     w = module.weight
     with torch.no_grad():
         w.mul_(module.weight_mask.to(w.dtype))
-    if getattr(module, "_sc_mask_param", None) is not w:  # new Parameter (e.g. after shrinking)
+    if getattr(module, "_sc_mask_param_id", None) != id(w):  # new Parameter: shrunk or copied
         w.register_hook(_mask_grad(module))
-        module._sc_mask_param = w
+        module._sc_mask_param_id = id(w)
 
 
 def set_mask(module: nn.Module, mask: torch.Tensor, kind: str) -> None:
@@ -73,7 +73,7 @@ def remove_mask(module: nn.Module) -> None:
     _apply_mask_hook(module, ())
     module._sc_mask_handle.remove()
     del module.weight_mask, module._sc_mask_handle, module._sc_mask_kind
-    module.__dict__.pop("_sc_mask_param", None)
+    module.__dict__.pop("_sc_mask_param_id", None)
 
 
 def masked_layers(model: nn.Module) -> dict[str, nn.Module]:

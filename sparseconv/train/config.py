@@ -41,6 +41,7 @@ class TrainConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0
     lovasz_weight: float = 0.0
+    bn_l1: float = 0.0  # network slimming: add bn_l1 * sum|gamma| to the loss (before pruning)
     amp: bool = True  # CUDA only; ignored on CPU
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 200

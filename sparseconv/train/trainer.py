@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from sparseconv import datasets as D
 from sparseconv.models import SPVCNN, MinkUNet
+from sparseconv.prune.importance import bn_l1_penalty
 from sparseconv.train import distributed as dist_util
 from sparseconv.train.checkpoint import load_latest, save_checkpoint
 from sparseconv.train.config import TrainConfig
@@ -111,7 +112,12 @@ def evaluate(
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
+    """``model``: train this network instead of building one from the config (fine-tuning a
+    pruned model); it must fit the dataset's input channels and classes."""
+
+    def __init__(
+        self, cfg: TrainConfig, progress: bool = True, model: torch.nn.Module | None = None
+    ) -> None:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.rank, self.world = dist_util.setup(self.device)
@@ -119,7 +125,9 @@ class Trainer:
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.train_set, self.val_set = build_datasets(cfg, self.progress)
-        self.model = build_model(cfg, self.train_set.num_classes).to(self.device)
+        if model is None:
+            model = build_model(cfg, self.train_set.num_classes)
+        self.model = model.to(self.device)
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -215,6 +223,8 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             logits, labels = training_logits(self.net, batch, self.cfg.voxel_size)
             loss = segmentation_loss(logits, labels, self.cfg.lovasz_weight)
+            if self.cfg.bn_l1:
+                loss = loss + bn_l1_penalty(self.model, self.cfg.bn_l1)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)

@@ -1,0 +1,144 @@
+"""``sparseconv bench prune``: dense vs pruned variants of a trained run, in one interleaved run.
+
+Every variant is scored (mIoU right after pruning and after fine-tuning at 1/10 of the run's
+learning rate), counted (MACs over the kernel maps, non-zero weights) and timed on the same
+held-out scan: ``cached`` reuses the scan's kernel maps (the network's compute alone),
+``end-to-end`` builds them again each call (what one new scan costs). Latencies are interleaved
+(dense, variant 1, variant 2, ... per round) and speed-ups are medians of per-round ratios.
+Masks (N:M, fine-grained) make no dense CPU kernel faster: their latency is reported as measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sparseconv.bench.timing import interleaved, median, ratio
+from sparseconv.tensor import SparseTensor
+from sparseconv.train import pruning as TP
+
+DEFAULT_SPECS = (
+    TP.PruneSpec("dense"),
+    TP.PruneSpec("channel", ratio=0.3, importance="l2"),
+    TP.PruneSpec("channel", ratio=0.5, importance="l2"),
+    TP.PruneSpec("channel", ratio=0.3, importance="uniform"),
+    TP.PruneSpec("channel", ratio=0.3, importance="random"),
+    TP.PruneSpec("nm", n=2, m=4, importance="l1"),
+    TP.PruneSpec("fine", sparsity=0.5, importance="l1"),
+)
+
+
+def _fresh(example):
+    """The same scan as a new tensor with an empty map cache (forces map building)."""
+
+    def copy_x(x: SparseTensor) -> SparseTensor:
+        return SparseTensor(x.feats, x.coords, x.stride, check=False)
+
+    return (copy_x(example[0]), *example[1:]) if isinstance(example, tuple) else copy_x(example)
+
+
+def _call(model, example):
+    with torch.no_grad():
+        return model(*example) if isinstance(example, tuple) else model(example)
+
+
+def run(
+    run_dir: str | Path,
+    specs=DEFAULT_SPECS,
+    finetune_steps: int = 100,
+    rounds: int = 7,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    loaded = TP.load_run(run_dir)
+    out_dir = Path(out_dir) if out_dir else Path(run_dir) / "prune_bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    example = TP.example_input(
+        loaded.model, TP.first_batch(loaded.val_set, loaded.device), loaded.cfg.voxel_size
+    )
+    dense_miou = TP.score(loaded.model, loaded)
+    rows, models = [], {}
+    for spec in tqdm(specs, desc="prune variants", disable=not progress):
+        model, info = TP.apply(spec, loaded.model, example)
+        info["miou_pruned"] = dense_miou if spec.method == "dense" else TP.score(model, loaded)
+        if finetune_steps and spec.method != "dense":
+            safe = spec.label.replace(" ", "_").replace(":", "-")
+            TP.finetune(model, loaded.cfg, finetune_steps, out_dir / safe, progress=False)
+            info["miou_finetuned"] = TP.score(model, loaded)
+        else:
+            info["miou_finetuned"] = info["miou_pruned"]
+        model.eval()
+        models[spec.label] = model
+        rows.append(info)
+    contenders = {}
+    for label, model in models.items():
+        contenders[f"{label}|cached"] = lambda m=model: _call(m, example)
+        contenders[f"{label}|e2e"] = lambda m=model: _call(m, _fresh(example))
+    times = interleaved(contenders, rounds=rounds, device=loaded.device.type)
+    dense = rows[0]
+    for info in rows:
+        label = info["label"]
+        info["macs_ratio"] = info["macs"] / dense["macs"]
+        info["delta_miou"] = info["miou_finetuned"] - dense_miou
+        for kind in ("cached", "e2e"):
+            info[f"{kind}_ms"] = 1e3 * median(times[f"{label}|{kind}"])
+            info[f"{kind}_speedup"] = ratio(times, f"{label}|{kind}", f"{dense['label']}|{kind}")
+    plot(rows, out_dir / "prune_tradeoff.png")
+    return {
+        "dense_miou": dense_miou,
+        "finetune_steps": finetune_steps,
+        "rows": rows,
+        "out_dir": str(out_dir),
+    }
+
+
+def table_rows(rows: list[dict]) -> list[dict]:
+    """The columns printed by the CLI."""
+    return [
+        {
+            "variant": r["label"],
+            "GMACs": f"{r['macs'] / 1e9:.2f}",
+            "MACs": f"{100 * r['macs_ratio']:.0f}%",
+            "nonzero w": r["nonzero_weights"],
+            "mIoU pruned": f"{r['miou_pruned']:.1f}",
+            "mIoU tuned": f"{r['miou_finetuned']:.1f}",
+            "dmIoU": f"{r['delta_miou']:+.1f}",
+            "ms cached": f"{r['cached_ms']:.0f}",
+            "x cached": f"{r['cached_speedup']:.2f}",
+            "ms e2e": f"{r['e2e_ms']:.0f}",
+            "x e2e": f"{r['e2e_speedup']:.2f}",
+        }
+        for r in rows
+    ]
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, xlabel in (
+        (axes[0], "macs", "GMACs per scan"),
+        (axes[1], "cached_ms", "latency per scan, maps cached (ms)"),
+    ):
+        for r in rows:
+            x = r[key] / 1e9 if key == "macs" else r[key]
+            ax.scatter(x, r["miou_finetuned"], s=30)
+            ax.annotate(
+                r["label"],
+                (x, r["miou_finetuned"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mIoU after fine-tuning (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("pruned variants: accuracy vs cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

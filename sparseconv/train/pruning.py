@@ -1,0 +1,145 @@
+"""Pruning a trained run: load it, prune with one method, fine-tune at 1/10 of its learning
+rate, score it. Shared by ``sparseconv prune``, ``sparseconv bench prune`` and the demo.
+
+The pruning module itself knows nothing of training (it takes callables); this is the glue that
+knows where a run keeps its model and data.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparseconv import datasets as D
+from sparseconv import prune as P
+from sparseconv.models import SPVCNN
+from sparseconv.train.checkpoint import load_latest
+from sparseconv.train.config import TrainConfig, load_config
+from sparseconv.train.trainer import Trainer, build_datasets, build_model, evaluate, pick_device
+
+METHODS = ("dense", "channel", "nm", "fine")
+
+
+@dataclass
+class PruneSpec:
+    """One pruning recipe: ``method`` in METHODS plus its settings."""
+
+    method: str = "channel"
+    ratio: float = 0.3  # channel: fraction of channels removed per group
+    importance: str = "l2"
+    global_ranking: bool = False
+    round_to: int = 1
+    n: int = 2
+    m: int = 4
+    sparsity: float = 0.5  # fine-grained
+    label: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not self.label:
+            self.label = {
+                "dense": "dense",
+                "channel": f"channel {self.importance} {self.ratio:g}",
+                "nm": f"{self.n}:{self.m} {self.importance}",
+                "fine": f"fine {self.importance} {self.sparsity:g}",
+            }[self.method]
+
+
+@dataclass
+class LoadedRun:
+    cfg: TrainConfig
+    model: nn.Module
+    train_set: D.ScanDataset
+    val_set: D.ScanDataset
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedRun:
+    """The trained model of a run folder (its last good checkpoint) with its config and data."""
+    run_dir = Path(run_dir)
+    found = load_latest(run_dir / "checkpoints", map_location="cpu")
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}: train a model first")
+    state, _ = found
+    cfg = load_config(None, list(overrides or []), base=state["config"])
+    if cfg.data_root is None:  # synthetic data lives in the run folder, wherever it moved
+        cfg.data_root = str(run_dir / "data")
+    train_set, val_set = build_datasets(cfg, progress=False)
+    model = build_model(cfg, train_set.num_classes)
+    model.load_state_dict(state["model"])
+    return LoadedRun(cfg, model, train_set, val_set, pick_device(cfg.device))
+
+
+def example_input(model: nn.Module, batch: D.Batch, voxel_size: float):
+    """What ``model.forward`` takes for ``batch``: the voxels, plus the points for SPVCNN."""
+    if isinstance(model, SPVCNN):
+        return (batch.x, batch.points, voxel_size)
+    return batch.x
+
+
+def apply(spec: PruneSpec, model: nn.Module, example) -> tuple[nn.Module, dict]:
+    """A pruned copy of ``model`` and what was done to it."""
+    model = copy.deepcopy(model)
+    info: dict = {"label": spec.label, "method": spec.method}
+    if spec.method == "channel":
+        model = P.channel_prune(
+            model, example, spec.ratio, spec.importance, global_ranking=spec.global_ranking,
+            round_to=spec.round_to, inplace=True,
+        )  # fmt: skip
+    elif spec.method == "nm":
+        report = P.nm_prune(model, spec.n, spec.m, spec.importance)
+        info["skipped"] = report.skipped
+    elif spec.method == "fine":
+        P.fine_grained_prune(model, spec.sparsity, spec.importance)
+    info["params"] = sum(p.numel() for p in model.parameters())
+    info["nonzero_weights"] = sum(
+        int((w != 0).sum()) for w in P.importance.prunable_weights(model).values()
+    )
+    info["macs"] = P.count_macs(model, example)["total"]
+    return model, info
+
+
+def finetune(
+    model: nn.Module, cfg: TrainConfig, steps: int, out: Path, progress: bool = True
+) -> dict:
+    """Fine-tune ``model`` in place for ``steps`` at a tenth of the run's learning rate; score it."""
+    ft = copy.deepcopy(cfg)
+    ft.lr = P.finetune_lr(cfg.lr)
+    ft.steps, ft.warmup_steps, ft.out = steps, 0, str(out)
+    ft.checkpoint_every, ft.eval_every = 0, 0
+    ft.validate()
+    return Trainer(ft, progress=progress, model=model).fit()
+
+
+def score(model: nn.Module, run: LoadedRun, progress: bool = False) -> float:
+    conf, _ = evaluate(model.to(run.device), run.val_set, run.device, progress)
+    return 100 * conf.miou()
+
+
+def first_batch(dataset: D.ScanDataset, device: torch.device) -> D.Batch:
+    return D.collate([dataset[0]]).to(device)
+
+
+def parse_spec(text: str) -> PruneSpec:
+    """``dense``, ``channel:<importance>:<ratio>``, ``nm:<n>:<m>``, ``fine:<importance>:<sparsity>``."""
+    parts = text.split(":")
+    try:
+        if parts[0] == "dense" and len(parts) == 1:
+            return PruneSpec("dense")
+        if parts[0] == "channel" and len(parts) == 3:
+            return PruneSpec("channel", ratio=float(parts[2]), importance=parts[1])
+        if parts[0] == "nm" and len(parts) == 3:
+            return PruneSpec("nm", n=int(parts[1]), m=int(parts[2]), importance="l1")
+        if parts[0] == "fine" and len(parts) == 3:
+            return PruneSpec("fine", sparsity=float(parts[2]), importance=parts[1])
+    except ValueError:
+        pass
+    raise ValueError(
+        f"bad variant {text!r}: use dense, channel:<importance>:<ratio>, nm:<n>:<m> or "
+        "fine:<importance>:<sparsity>"
+    )

@@ -1,0 +1,87 @@
+"""`sparseconv prune` and `sparseconv bench prune` on a tiny trained run."""
+
+import json
+
+import pytest
+import torch
+
+import sparseconv as sc
+from sparseconv.cli import main
+from sparseconv.train import Trainer, load_config
+from sparseconv.train.pruning import PruneSpec, apply, parse_spec
+
+TINY = ["dataset=semantickitti", "width=0.25", "voxel_size=0.5", "batch_size=1", "optimizer=adamw",
+        "lr=0.01", "warmup_steps=1", "log_every=1", "device=cpu", "steps=3", "checkpoint_every=0"]  # fmt: skip
+
+
+@pytest.fixture
+def tiny_run(tiny_kitti, tmp_path):
+    out = tmp_path / "run"
+    Trainer(
+        load_config(None, [*TINY, f"data_root={tiny_kitti}", f"out={out}"]), progress=False
+    ).fit()
+    return out
+
+
+def test_prune_cli_channel_and_nm(tiny_run, capsys):
+    assert (
+        main(
+            [
+                "prune",
+                "--run",
+                str(tiny_run),
+                "--variant",
+                "channel:l2:0.5",
+                "--finetune-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tiny_run / "pruned" / "prune.json").read_text())
+    assert report["pruned"]["macs"] < 0.5 * report["dense"]["macs"]
+    model = sc.prune.load(tiny_run / "pruned" / "pruned.npz")
+    assert model.stem[0][0].out_channels == 4
+    assert "MACs" in capsys.readouterr().out
+    out = tiny_run / "nm"
+    assert (
+        main(
+            [
+                "prune",
+                "--run",
+                str(tiny_run),
+                "--variant",
+                "nm:2:4",
+                "--finetune-steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    nm = sc.prune.load(out / "pruned.npz")
+    assert all(sc.prune.check_nm(nm).values()) and len(sc.prune.check_nm(nm)) > 10
+
+
+def test_bench_prune_table_and_plot(tiny_run, tmp_path, capsys):
+    js = tmp_path / "b.json"
+    argv = ["bench", "prune", "--run", str(tiny_run), "--variants", "channel:uniform:0.5", "fine:l1:0.5",
+            "--finetune-steps", "1", "--rounds", "2", "--json", str(js)]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["label"] for r in rows] == ["dense", "channel uniform 0.5", "fine l1 0.5"]
+    assert rows[1]["macs_ratio"] < 0.5 and rows[2]["macs_ratio"] == 1.0
+    assert (tiny_run / "prune_bench" / "prune_tradeoff.png").stat().st_size > 1000
+    assert "x cached" in capsys.readouterr().out
+
+
+def test_variant_parsing_errors():
+    assert parse_spec("nm:2:4").n == 2
+    for bad in ("channel:l2", "nm:a:4", "what"):
+        with pytest.raises(ValueError, match="bad variant"):
+            parse_spec(bad)
+    with pytest.raises(ValueError, match="method"):
+        PruneSpec("magic")
+    assert callable(apply)
+    assert torch is not None
