@@ -64,3 +64,12 @@ class ScanDataset(torch.utils.data.Dataset):
             points, labels, self.voxel_size, self.max_voxels, rng, max(self.num_classes, 1),
             self.name(index),
         )  # fmt: skip
+
+    def label_histogram(self) -> np.ndarray:
+        """Points per class over the whole dataset (``[num_classes]``; ignored points left out)."""
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        for i in range(len(self)):
+            labels = self.load(i)[1]
+            labels = labels[labels < self.num_classes]
+            counts += np.bincount(labels, minlength=self.num_classes)
+        return counts

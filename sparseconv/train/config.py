@@ -16,6 +16,7 @@ import yaml
 DATASETS = ("synthetic", "semantickitti", "nuscenes")
 MODELS = ("minkunet", "spvcnn")
 OPTIMIZERS = ("sgd", "adamw")
+CLASS_WEIGHTS = ("none", "sqrt_inv")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TrainConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0
     lovasz_weight: float = 0.0
+    class_weights: str = "none"  # "none" or "sqrt_inv": CE weights 1/sqrt(class frequency)
     bn_l1: float = 0.0  # network slimming: add bn_l1 * sum|gamma| to the loss (before pruning)
     amp: bool = True  # CUDA only; ignored on CPU
     eval_every: int = 0  # 0: only at the end
@@ -52,7 +54,12 @@ class TrainConfig:
     num_workers: int = 0
 
     def validate(self) -> TrainConfig:
-        for name, allowed in (("dataset", DATASETS), ("model", MODELS), ("optimizer", OPTIMIZERS)):
+        for name, allowed in (
+            ("dataset", DATASETS),
+            ("model", MODELS),
+            ("optimizer", OPTIMIZERS),
+            ("class_weights", CLASS_WEIGHTS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"config key {name!r}: expected one of {allowed}, got {getattr(self, name)!r}"

@@ -156,9 +156,20 @@ class Trainer:
             self.train_set, batch_size=cfg.batch_size, sampler=D_sampler, collate_fn=D.collate,
             num_workers=cfg.num_workers,
         )  # fmt: skip
+        self.class_weights = self.make_class_weights()
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.history: list[dict] = []
         self.evals: list[dict] = []
+
+    def make_class_weights(self) -> torch.Tensor | None:
+        """``1/sqrt(frequency)`` per class, mean 1 over the classes present (rare classes such
+        as people and signs otherwise barely move the loss); absent classes get 0."""
+        if self.cfg.class_weights == "none":
+            return None
+        counts = torch.as_tensor(self.train_set.label_histogram(), dtype=torch.float64)
+        w = torch.where(counts > 0, (counts / counts.sum()).rsqrt(), torch.zeros_like(counts))
+        w = w / w[counts > 0].mean()
+        return w.float().to(self.device)
 
     # -- checkpoints ----------------------------------------------------------------------
     @property
@@ -222,7 +233,7 @@ class Trainer:
         batch = batch.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             logits, labels = training_logits(self.net, batch, self.cfg.voxel_size)
-            loss = segmentation_loss(logits, labels, self.cfg.lovasz_weight)
+            loss = segmentation_loss(logits, labels, self.cfg.lovasz_weight, self.class_weights)
             if self.cfg.bn_l1:
                 loss = loss + bn_l1_penalty(self.model, self.cfg.bn_l1)
         self.opt.zero_grad(set_to_none=True)

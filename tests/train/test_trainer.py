@@ -89,3 +89,16 @@ def test_ddp_two_gloo_processes_end_with_identical_weights(tiny_kitti, tmp_path)
     assert any(not torch.equal(a[k], start[k]) for k in a)  # it trained
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_class_weights_from_the_label_histogram(tiny_kitti, tmp_path):
+    tr = Trainer(
+        _cfg(tiny_kitti, tmp_path / "w", "steps=1", "class_weights=sqrt_inv"), progress=False
+    )
+    hist = tr.train_set.label_histogram()
+    car, road = tr.train_set.class_names.index("car"), tr.train_set.class_names.index("road")
+    assert hist[road] == 2 * hist[car] and hist.sum() == hist[car] + hist[road]
+    w = tr.class_weights
+    assert torch.isclose(w[car] / w[road], torch.tensor(2.0).sqrt()) and w.count_nonzero() == 2
+    with pytest.raises(ValueError, match="class_weights"):
+        _cfg(tiny_kitti, tmp_path / "w", "class_weights=inverse")

@@ -1,0 +1,7 @@
+"""``python -m sparseconv.cli ...`` (what ``torchrun -m sparseconv.cli train ...`` runs)."""
+
+import sys
+
+from sparseconv.cli import main
+
+sys.exit(main())
