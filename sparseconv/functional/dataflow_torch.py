@@ -3,11 +3,19 @@
 This is the reference dataflow: plain torch ops, any device, any float dtype. For offset ``k``
 with pairs ``(i, j)``: ``dst[j] += src[i] @ W[k]``. One routine serves the forward pass (src = x,
 pairs in->out, W) and the input gradient (src = dy, pairs out->in, W^T); the weight gradient is
-``dW[k] = x[i]^T @ dy[j]``. The identity offset of a submanifold map (``i == j == arange``) is a
-single dense GEMM with no gather or scatter. Half-precision inputs accumulate in float32.
+``dW[k] = x[i]^T @ dy[j]``, batched over the same groups. The identity offset of a submanifold
+map (``i == j == arange``) is a single dense GEMM with no gather or scatter. Half-precision
+inputs accumulate in float32.
+
+The padded index matrices of each group are built once per map and direction and kept in
+``kmap.plans`` (a map is reused by every layer of a stage and by the backward pass). Padding
+rows gather row 0 and scatter into one extra, discarded output row, so no boolean masking (and
+no host synchronisation) is needed per call.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -19,84 +27,115 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def gather_gemm_scatter(
-    src: torch.Tensor,
-    weight: torch.Tensor,
-    src_idx: torch.Tensor,
-    dst_idx: torch.Tensor,
-    ptr: list[int],
-    n_dst: int,
-    identity_offset: int | None,
-    max_waste: float,
-) -> torch.Tensor:
-    """``dst[dst_idx] += src[src_idx] @ weight[k]`` over all offsets; returns ``[n_dst, Cout]``."""
-    acc = _acc_dtype(src.dtype)
-    c_out = weight.shape[2]
-    if identity_offset is not None:
-        out = torch.mm(src, weight[identity_offset]).to(acc)
-    else:
-        out = torch.zeros((n_dst, c_out), dtype=acc, device=src.device)
-    sizes = [ptr[k + 1] - ptr[k] for k in range(len(ptr) - 1)]
-    for group in plan_groups(sizes, max_waste, skip=identity_offset):
-        if len(group) == 1:
-            k = group[0]
-            lo, hi = ptr[k], ptr[k + 1]
-            part = torch.mm(src.index_select(0, src_idx[lo:hi]), weight[k])
-            out.index_add_(0, dst_idx[lo:hi], part.to(acc))
-            continue
-        s_idx, d_idx, valid = _padded_group(group, ptr, src_idx, dst_idx)
-        gathered = src.index_select(0, s_idx.flatten()).view(len(group), -1, src.shape[1])
-        part = torch.bmm(gathered, weight[group]).flatten(0, 1)[valid]
-        out.index_add_(0, d_idx.flatten()[valid], part.to(acc))
-    return out
+@dataclass(frozen=True)
+class GroupStep:
+    """One GEMM of the plan: a single offset (pair range ``lo:hi``) or a padded group."""
+
+    offsets: list[int]
+    lo: int = 0
+    hi: int = 0
+    src_idx: torch.Tensor | None = None  # [G, L] for groups (padding: row 0)
+    dst_idx: torch.Tensor | None = None  # [G, L] for groups (padding: the extra row n_dst)
 
 
-def _padded_group(group, ptr, src_idx, dst_idx):
-    """``[G, max_n]`` index matrices of a group; padding points at row 0 and is masked out."""
+@dataclass(frozen=True)
+class Plan:
+    steps: list[GroupStep]
+    src_idx: torch.Tensor
+    dst_idx: torch.Tensor
+    n_dst: int
+    identity_offset: int | None
+
+
+def _plan(kmap: KernelMap, reverse: bool, max_waste: float) -> Plan:
+    """The cached plan of ``kmap`` read forward (in -> out) or in reverse (out -> in)."""
+    key = ("torch_groups", reverse, max_waste)
+    if key not in kmap.plans:
+        src_idx, dst_idx = (kmap.out_idx, kmap.in_idx) if reverse else (kmap.in_idx, kmap.out_idx)
+        n_dst = kmap.n_in if reverse else kmap.n_out
+        ptr = kmap.offset_ptr.tolist()
+        ident = kmap.kernel_volume // 2 if kmap.submanifold else None
+        sizes = [ptr[k + 1] - ptr[k] for k in range(len(ptr) - 1)]
+        steps = []
+        for group in plan_groups(sizes, max_waste, skip=ident):
+            if len(group) == 1:
+                steps.append(GroupStep(group, ptr[group[0]], ptr[group[0] + 1]))
+            else:
+                s_pad, d_pad = _padded_group(group, ptr, src_idx, dst_idx, n_dst)
+                steps.append(GroupStep(group, src_idx=s_pad, dst_idx=d_pad))
+        kmap.plans[key] = Plan(steps, src_idx, dst_idx, n_dst, ident)
+    return kmap.plans[key]
+
+
+def _padded_group(group, ptr, src_idx, dst_idx, n_dst):
+    """``[G, max_n]`` index matrices of a group; padding gathers row 0, scatters to ``n_dst``."""
     longest = max(ptr[k + 1] - ptr[k] for k in group)
     s_idx = src_idx.new_zeros((len(group), longest))
-    d_idx = dst_idx.new_zeros((len(group), longest))
-    valid = torch.zeros((len(group), longest), dtype=torch.bool, device=src_idx.device)
+    d_idx = dst_idx.new_full((len(group), longest), n_dst)
     for g, k in enumerate(group):
         n = ptr[k + 1] - ptr[k]
         s_idx[g, :n] = src_idx[ptr[k] : ptr[k + 1]]
         d_idx[g, :n] = dst_idx[ptr[k] : ptr[k + 1]]
-        valid[g, :n] = True
-    return s_idx, d_idx, valid.flatten()
+    return s_idx, d_idx
+
+
+def gather_gemm_scatter(src: torch.Tensor, weight: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """``dst[dst_idx] += src[src_idx] @ weight[k]`` over all offsets; returns ``[n_dst, Cout]``."""
+    acc = _acc_dtype(src.dtype)
+    c_out = weight.shape[2]
+    out = torch.empty((plan.n_dst + 1, c_out), dtype=acc, device=src.device)
+    if plan.identity_offset is not None:
+        out[: plan.n_dst] = torch.mm(src, weight[plan.identity_offset])
+        out[plan.n_dst] = 0
+    else:
+        out.zero_()
+    for step in plan.steps:
+        if step.src_idx is None:
+            part = torch.mm(
+                src.index_select(0, plan.src_idx[step.lo : step.hi]), weight[step.offsets[0]]
+            )
+            out.index_add_(0, plan.dst_idx[step.lo : step.hi], part.to(acc))
+            continue
+        g, length = step.src_idx.shape
+        gathered = src.index_select(0, step.src_idx.flatten()).view(g, length, src.shape[1])
+        part = torch.bmm(gathered, weight[step.offsets]).flatten(0, 1)
+        out.index_add_(0, step.dst_idx.flatten(), part.to(acc))
+    return out[: plan.n_dst]
 
 
 def forward(
     x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, max_waste: float = 0.25
 ) -> torch.Tensor:
-    ptr = kmap.offset_ptr.tolist()
-    ident = kmap.kernel_volume // 2 if kmap.submanifold else None
-    return gather_gemm_scatter(
-        x, weight, kmap.in_idx, kmap.out_idx, ptr, kmap.n_out, ident, max_waste
-    )
+    return gather_gemm_scatter(x, weight, _plan(kmap, False, max_waste))
 
 
 def backward_input(
     dy: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, max_waste: float = 0.25
 ) -> torch.Tensor:
-    ptr = kmap.offset_ptr.tolist()
-    ident = kmap.kernel_volume // 2 if kmap.submanifold else None
-    wt = weight.transpose(1, 2)
-    return gather_gemm_scatter(dy, wt, kmap.out_idx, kmap.in_idx, ptr, kmap.n_in, ident, max_waste)
+    return gather_gemm_scatter(dy, weight.transpose(1, 2), _plan(kmap, True, max_waste))
 
 
-def backward_weight(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    """``dW[k] = x[in_k]^T @ dy[out_k]`` (float32 accumulation for half inputs)."""
+def backward_weight(
+    x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap, max_waste: float = 0.25
+) -> torch.Tensor:
+    """``dW[k] = x[in_k]^T @ dy[out_k]`` over the forward plan's groups (float32 for half inputs).
+
+    Padding rows gather ``x[0]`` against the appended zero row of ``dy``, so they add nothing.
+    """
     acc = _acc_dtype(x.dtype)
-    ptr = kmap.offset_ptr.tolist()
+    plan = _plan(kmap, False, max_waste)
     dw = torch.zeros((kmap.kernel_volume, x.shape[1], dy.shape[1]), dtype=acc, device=x.device)
-    for k in range(kmap.kernel_volume):
-        lo, hi = ptr[k], ptr[k + 1]
-        if hi == lo:
+    if plan.identity_offset is not None:
+        dw[plan.identity_offset] = torch.mm(x.t(), dy).to(acc)
+    dy_ext = torch.cat([dy, dy.new_zeros((1, dy.shape[1]))])
+    for step in plan.steps:
+        if step.src_idx is None:
+            xs = x.index_select(0, plan.src_idx[step.lo : step.hi])
+            ds = dy.index_select(0, plan.dst_idx[step.lo : step.hi])
+            dw[step.offsets[0]] = torch.mm(xs.t(), ds).to(acc)
             continue
-        if kmap.submanifold and k == kmap.kernel_volume // 2:
-            dw[k] = torch.mm(x.t(), dy).to(acc)
-            continue
-        xs = x.index_select(0, kmap.in_idx[lo:hi])
-        ds = dy.index_select(0, kmap.out_idx[lo:hi])
-        dw[k] = torch.mm(xs.t(), ds).to(acc)
+        g, length = step.src_idx.shape
+        xs = x.index_select(0, step.src_idx.flatten()).view(g, length, x.shape[1])
+        ds = dy_ext.index_select(0, step.dst_idx.flatten()).view(g, length, dy.shape[1])
+        dw[step.offsets] = torch.bmm(xs.transpose(1, 2), ds).to(acc)
     return dw

@@ -32,6 +32,8 @@ class KernelMap:
     offsets: list[tuple[int, int, int]]  # kernel units, weight order
     submanifold: bool = False
     _nbmap: torch.Tensor | None = field(default=None, repr=False)
+    # derived index layouts that dataflows build once per map (e.g. padded offset groups)
+    plans: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def kernel_volume(self) -> int:
