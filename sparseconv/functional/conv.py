@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from sparseconv.functional import semi_structured
 from sparseconv.functional.dataflows import Dataflow, resolve
 from sparseconv.maps.build import build_kernel_map
 from sparseconv.maps.kernel_map import KernelMap
@@ -47,6 +48,7 @@ def conv3d(
     downsample_mode: str = "minkowski",
     method: str = "hash",
     deterministic: bool = False,
+    packed_weight: list[torch.Tensor] | None = None,
 ) -> SparseTensor:
     """Sparse 3-D convolution of ``x`` with ``weight`` ``[K, Cin, Cout]``.
 
@@ -55,7 +57,8 @@ def conv3d(
     coordinates of the strided conv it inverts when that map is in ``x.cache``. The kernel map is
     taken from / stored in ``x.cache``. ``dataflow`` is ``"auto"``, ``"torch"``,
     ``"triton_gather_scatter"`` or ``"triton_implicit_gemm"``; ``deterministic=True`` forbids
-    atomics.
+    atomics. ``packed_weight`` (per-offset compressed 2:4 weights, see
+    :mod:`sparseconv.functional.semi_structured`) replaces ``weight`` when no gradient is needed.
     """
     if not isinstance(x, SparseTensor):
         raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
@@ -65,8 +68,12 @@ def conv3d(
         x.coords, ks, stride, dilation, method=method, downsample_mode=downsample_mode,
         tensor_stride=x.stride, transposed=transposed, cache=x.cache,
     )  # fmt: skip
-    flow = resolve(dataflow, x.feats, weight, kmap, deterministic)
-    feats = SparseConvFunction.apply(x.feats.contiguous(), weight, kmap, flow)
+    needs_grad = torch.is_grad_enabled() and (weight.requires_grad or x.feats.requires_grad)
+    if packed_weight is not None and not needs_grad:
+        feats = semi_structured.forward(x.feats.contiguous(), packed_weight, kmap)
+    else:
+        flow = resolve(dataflow, x.feats, weight, kmap, deterministic)
+        feats = SparseConvFunction.apply(x.feats.contiguous(), weight, kmap, flow)
     if bias is not None:
         feats = feats + bias
     s = as_triple(stride, "stride")

@@ -49,6 +49,8 @@ class Conv3d(nn.Module):
         volume = math.prod(self.kernel_size)
         self.weight = nn.Parameter(torch.empty(volume, in_channels, out_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        # compressed 2:4 snapshot of ``weight`` for inference (sparseconv.prune.accelerate_nm)
+        self.packed_weight: list[torch.Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -62,7 +64,14 @@ class Conv3d(nn.Module):
             x, self.weight, self.bias, self.kernel_size, self.stride, self.dilation,
             transposed=self.transposed, dataflow=self.dataflow,
             downsample_mode=self.downsample_mode, deterministic=self.deterministic,
+            packed_weight=None if self.training else self.packed_weight,
         )  # fmt: skip
+
+    def train(self, mode: bool = True) -> Conv3d:
+        """Training changes the weights, so the inference-only 2:4 snapshot is dropped."""
+        if mode:
+            self.packed_weight = None
+        return super().train(mode)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

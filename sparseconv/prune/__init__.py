@@ -4,10 +4,12 @@
 graph = sc.prune.DependencyGraph(net, example)        # coupled channels, printable
 small = sc.prune.channel_prune(net, example, ratio=0.5, importance="l2")
 report = sc.prune.nm_prune(net, n=2, m=4)             # masks stay applied while fine-tuning
+sc.prune.accelerate_nm(net.half().cuda(), example)   # sparse tensor cores where measurably faster
 sc.prune.save(small, "small.npz"); again = sc.prune.load("small.npz")
 ```
 """
 
+from sparseconv.prune.accelerate import AccelerationReport, accelerate_nm
 from sparseconv.prune.channel import channel_prune, resolve_importance, zero_channels
 from sparseconv.prune.cost import count_macs
 from sparseconv.prune.graph import DependencyGraph
@@ -46,6 +48,8 @@ from sparseconv.prune.serialize import load, save
 from sparseconv.prune.shrink import remove_channels
 
 __all__ = [
+    "AccelerationReport",
+    "accelerate_nm",
     "FINETUNE_LR_FACTOR",
     "GradualPruner",
     "LotteryTicket",
