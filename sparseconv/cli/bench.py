@@ -90,7 +90,8 @@ def run_prune_bench(args: argparse.Namespace) -> int:
     payload = prune.run(args.run, specs, args.finetune_steps, args.rounds)
     payload["environment"] = report.environment("cpu")
     print(
-        f"dense mIoU {payload['dense_miou']:.1f} %; fine-tuning {args.finetune_steps} steps per variant"
+        f"dense mIoU {payload['dense_miou']:.1f} % ({payload['dense_finetuned_miou']:.1f} % after the "
+        f"same {args.finetune_steps} fine-tuning steps, the reference for dmIoU)"
     )
     print(report.format_table(prune.table_rows(payload["rows"])))
     print(f"plot: {payload['out_dir']}/prune_tradeoff.png")

@@ -81,5 +81,5 @@ def prune_step(run_dir: Path) -> None:
     print(report.format_table(prune.table_rows(payload["rows"])))
     print(
         f"pruning report: {run_dir.resolve()}/prune_bench/ (prune.json, prune_tradeoff.png; "
-        f"{DEMO_FINETUNE_STEPS} fine-tuning steps per variant at lr/10)"
+        f"{DEMO_FINETUNE_STEPS} fine-tuning steps per variant at lr/10, the dense model included)"
     )

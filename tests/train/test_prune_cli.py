@@ -69,8 +69,13 @@ def test_bench_prune_table_and_plot(tiny_run, tmp_path, capsys):
     argv = ["bench", "prune", "--run", str(tiny_run), "--variants", "channel:uniform:0.5", "fine:l1:0.5",
             "--finetune-steps", "1", "--rounds", "2", "--json", str(js)]  # fmt: skip
     assert main(argv) == 0
-    rows = json.loads(js.read_text())["rows"]
+    payload = json.loads(js.read_text())
+    rows = payload["rows"]
     assert [r["label"] for r in rows] == ["dense", "channel uniform 0.5", "fine l1 0.5"]
+    # the dense model is fine-tuned too, and every change is measured against it
+    assert rows[0]["miou_finetuned"] == payload["dense_finetuned_miou"]
+    assert rows[0]["delta_miou"] == 0
+    assert rows[2]["delta_miou"] == rows[2]["miou_finetuned"] - payload["dense_finetuned_miou"]
     assert rows[1]["macs_ratio"] < 0.5 and rows[2]["macs_ratio"] == 1.0
     assert (tiny_run / "prune_bench" / "prune_tradeoff.png").stat().st_size > 1000
     assert "x cached" in capsys.readouterr().out
