@@ -8,8 +8,8 @@ Two mappers answer the same question and must agree exactly:
   shift the shifted output stream is merged with the input stream and equal keys are matches.
   Shifting a sorted stream keeps it sorted (see ``keys``), so the merge position of one shift is
   found by one binary search per (dx, dy) column and the z-neighbours of that column are reached
-  by walking forward a step or two in the sorted inputs — the merge done column-wise, without a
-  hash table.
+  by stepping forward in the sorted inputs — the merge done column-wise, without a hash table.
+  Inputs already in key order (what ``voxelize`` returns) are not sorted again.
 
 Both return an int32 matrix ``[K, N_out]`` of input rows; ``kernel_map`` turns it into the CSR map.
 """
@@ -58,36 +58,57 @@ def _by_hash(
     return table.query(queries).view(n_shift, n_out)
 
 
+def _sort_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(sorted keys, order)``; order is None when the keys already are sorted.
+
+    ``voxelize`` and strided output coordinates come out in key order, so the common case costs
+    one comparison pass instead of a sort (and the result needs no un-permuting afterwards).
+    """
+    if keys.numel() < 2 or bool((keys[1:] >= keys[:-1]).all()):
+        return keys, None
+    return torch.sort(keys)
+
+
 def _by_mergesort(
     in_keys: torch.Tensor, out_keys: torch.Tensor, shifts: torch.Tensor
 ) -> torch.Tensor:
     device = out_keys.device
     n_shift, n_out = shifts.shape[0], out_keys.numel()
-    found = torch.full((n_shift, n_out), -1, dtype=torch.int32, device=device)
     if n_shift == 0 or n_out == 0 or in_keys.numel() == 0:
-        return found
-    sorted_in, in_order = torch.sort(in_keys)
+        return torch.full((n_shift, n_out), -1, dtype=torch.int32, device=device)
+    sorted_in, in_perm = _sort_keys(in_keys)
+    # a submanifold map searches the inputs' own keys: one sort serves both streams
+    sorted_out, out_order = (sorted_in, in_perm) if out_keys is in_keys else _sort_keys(out_keys)
+    if in_perm is None:
+        in_perm = torch.arange(in_keys.numel(), device=device)
+    in_order = in_perm.int()
     sorted_in = torch.cat([sorted_in, sorted_in.new_tensor([_SENTINEL])])
-    in_order = in_order.int()
-    sorted_out, out_order = torch.sort(out_keys)
     columns: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
     for k, (dx, dy, dz) in enumerate(shifts.tolist()):
         columns[(dx, dy)].append((dz, k))
-    found_sorted = torch.empty_like(found)
+    found_sorted = torch.empty((n_shift, n_out), dtype=torch.int32, device=device)
     for (dx, dy), items in columns.items():
         items.sort()
         base = sorted_out + K.pack_offset((dx, dy, 0))
         pos = torch.searchsorted(sorted_in, base + items[0][0])
+        prev_dz = items[0][0]
         for dz, k in items:
             target = base + dz
-            # Merge step: advance past inputs smaller than the target (at most a few per column).
-            while True:
+            # Merge step. Keys are unique, so after the match test at dz the lower bound of dz + 1
+            # is ``pos + hit``; larger gaps (dilation, tensor stride) walk a few steps further.
+            while dz - prev_dz > 1:
                 behind = sorted_in.index_select(0, pos) < target
                 if not bool(behind.any()):
                     break
                 pos += behind
-            hit = sorted_in.index_select(0, pos) == target
-            row = in_order.index_select(0, pos.clamp_(max=in_order.numel() - 1))
+            at = sorted_in.index_select(0, pos)
+            hit = at == target
+            row = in_order.index_select(0, pos.clamp(max=in_order.numel() - 1))
             found_sorted[k] = torch.where(hit, row, -1)
+            pos = pos + hit
+            prev_dz = dz
+    if out_order is None:
+        return found_sorted
+    found = torch.empty_like(found_sorted)
     found[:, out_order] = found_sorted
     return found

@@ -111,3 +111,27 @@ def test_maps_on_real_scan_agree(real_scan_points):
         b = build_kernel_map(x.coords, method="mergesort", **kwargs)
         assert torch.equal(a.in_idx, b.in_idx) and torch.equal(a.out_idx, b.out_idx)
         assert torch.equal(a.out_coords, b.out_coords) and torch.equal(a.offset_ptr, b.offset_ptr)
+
+
+@pytest.mark.parametrize("order", ["key", "shuffled"])
+@pytest.mark.parametrize("case", CASES[::5], ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_mergesort_in_key_order_and_shuffled(case, order):
+    """Coordinates already in key order (as voxelize returns them) skip the sort; shuffled ones
+    are sorted and the result un-permuted: the same map either way."""
+    from sparseconv.maps import keys
+
+    coords = random_coords(150, extent=10, seed=7)
+    perm = torch.argsort(keys.pack(coords))
+    if order == "shuffled":
+        perm = torch.randperm(len(coords), generator=torch.Generator().manual_seed(1))
+    coords = coords[perm]
+    km = build_kernel_map(coords, method="hash", **case)
+    km_ms = build_kernel_map(coords, method="mergesort", **case)
+    for name in ("in_idx", "out_idx", "offset_ptr", "out_coords"):
+        assert torch.equal(getattr(km, name), getattr(km_ms, name)), name
+    from sparseconv.maps.offsets import as_triple
+
+    ks, s, d = (as_triple(case[n], n) for n in ("kernel_size", "stride", "dilation"))
+    offs = kernel_offsets(ks, centred=s == (1, 1, 1))
+    ref = brute_force_pairs(coords, km.out_coords, scaled_offsets(offs, d, (1, 1, 1)).tolist())
+    assert _pairs_by_offset(km) == [sorted(r) for r in ref]
