@@ -29,7 +29,7 @@ DEMO_SETTINGS = {
     "batch_size": 1,
     "steps": 400,
     "optimizer": "adamw",
-    "lr": 0.01,
+    "lr": 0.02,
     "warmup_steps": 20,
     "lovasz_weight": 1.0,
     "checkpoint_every": 100,

@@ -46,7 +46,7 @@ def conv3d(
     transposed: bool = False,
     dataflow: str = "auto",
     downsample_mode: str = "minkowski",
-    method: str = "hash",
+    method: str = "auto",
     deterministic: bool = False,
     packed_weight: list[torch.Tensor] | None = None,
 ) -> SparseTensor:

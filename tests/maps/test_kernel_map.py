@@ -135,3 +135,13 @@ def test_mergesort_in_key_order_and_shuffled(case, order):
     offs = kernel_offsets(ks, centred=s == (1, 1, 1))
     ref = brute_force_pairs(coords, km.out_coords, scaled_offsets(offs, d, (1, 1, 1)).tolist())
     assert _pairs_by_offset(km) == [sorted(r) for r in ref]
+
+
+def test_auto_method_is_mergesort_on_cpu_and_bad_names_are_refused():
+    coords = random_coords(200, extent=10, seed=3)
+    auto = build_kernel_map(coords, 3)
+    ms = build_kernel_map(coords, 3, method="mergesort")
+    for name in ("in_idx", "out_idx", "offset_ptr", "out_coords"):
+        assert torch.equal(getattr(auto, name), getattr(ms, name)), name
+    with pytest.raises(ValueError, match="method must be 'auto' or one of"):
+        build_kernel_map(coords, 3, method="octree")
