@@ -11,7 +11,7 @@ map's ``nbmap`` with ``W^T``. Reference: ``sparseconv.functional.dataflow_torch.
 import torch
 import triton
 import triton.language as tl
-from sparseconv.kernels.tiles import accumulate_gathered_dot
+from sparseconv.kernels.tiles import accumulate_gathered_dot, dot_precision
 
 
 @triton.jit
@@ -19,6 +19,7 @@ def _implicit_gemm_kernel(
     src_ptr, w_ptr, dst_ptr, nbmap_ptr,
     n_dst, n_kernel, c_in, c_out, stride_wk, stride_wi, stride_wo,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC64: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     rmask = rows < n_dst
@@ -46,6 +47,7 @@ def _implicit_gemm_kernel(
             stride_wi,
             stride_wo,
             BK,
+            PRECISION,
         )
     tl.store(
         dst_ptr + rows.to(tl.int64)[:, None] * c_out + cn[None, :],
@@ -77,6 +79,6 @@ def implicit_gemm(
     _implicit_gemm_kernel[grid](
         src.contiguous(), weight, dst, nbmap.contiguous(),
         n_dst, n_kernel, c_in, c_out, weight.stride(0), weight.stride(1), weight.stride(2),
-        BM=bm, BN=bn, BK=bk, ACC64=src.dtype == torch.float64,
+        BM=bm, BN=bn, BK=bk, ACC64=src.dtype == torch.float64, PRECISION=dot_precision(),
     )  # fmt: skip
     return dst

@@ -1,15 +1,30 @@
 """Tile routine shared by the conv kernels: gathered input rows times one offset's weight tile."""
 
+import torch
 import triton
 import triton.language as tl
+
+
+def dot_precision() -> str:
+    """Input precision of float32 ``tl.dot``: the same rule as ``torch.mm`` on CUDA.
+
+    Triton defaults to tf32 (relative error near 3e-4); PyTorch defaults to full float32 and
+    switches to tf32 when ``torch.backends.cuda.matmul.allow_tf32`` is set. Following PyTorch's
+    switch keeps a float32 sparse conv as exact as the dense layers around it unless the user
+    opted into tf32 for the whole model.
+    """
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 @triton.jit
 def accumulate_gathered_dot(
     acc, src_ptr, src_rows, row_mask, w_ptr, k, cn, nmask,
-    c_in, stride_wk, stride_wi, stride_wo, BK: tl.constexpr,
+    c_in, stride_wk, stride_wi, stride_wo, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """``acc += src[src_rows, :] @ W[k][:, cn]``, looping over the input channels in BK chunks."""
+    """``acc += src[src_rows, :] @ W[k][:, cn]``, looping over the input channels in BK chunks.
+
+    ``PRECISION`` ("ieee" or "tf32") only affects float32 operands; see ``dot_precision``.
+    """
     for c0 in range(0, c_in, BK):
         ck = c0 + tl.arange(0, BK)
         kmask = ck < c_in
@@ -23,5 +38,5 @@ def accumulate_gathered_dot(
             mask=kmask[:, None] & nmask[None, :],
             other=0.0,
         )
-        acc += tl.dot(a, b)
+        acc += tl.dot(a, b, input_precision=PRECISION)
     return acc

@@ -52,3 +52,13 @@ def write_tiny_kitti(root: Path, n_train: int = 3, n_val: int = 1, n_points: int
 @pytest.fixture
 def tiny_kitti(tmp_path) -> Path:
     return write_tiny_kitti(tmp_path / "kitti")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped (not failed) where there is no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

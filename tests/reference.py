@@ -7,6 +7,12 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+CUDA = torch.cuda.is_available()
+# where the Triton kernels run: on CUDA when there is a GPU, else interpreted on CPU tensors
+TRITON_DEVICE = "cuda" if CUDA else "cpu"
+# where the torch dataflow and the maps are checked
+DEVICES = ["cpu", "cuda"] if CUDA else ["cpu"]
+
 
 def random_coords(
     n: int, extent: int = 8, batches: int = 2, seed: int = 0, stride: int = 1

@@ -2,9 +2,11 @@
 
 Layers: submanifold k3 on the real scan at strides 1/2/4/8, strided k2s2 and transposed k2s2,
 for each channel count. Maps are built before timing (both ours and spconv's indices are reused
-across calls, as in a network). spconv runs with 1 thread (its only correct configuration on CPU)
+across calls, as in a network). On CPU spconv runs with 1 thread (its only correct configuration)
 and with 2 threads; the 2-thread output's error against ours is reported so the race is visible.
-Achieved GFLOP/s counts the useful multiply-adds, ``2 * pairs * Cin * Cout``.
+On CUDA spconv (a CUDA wheel) runs once per round like our dataflows, in the same dtype.
+Achieved GFLOP/s counts the useful multiply-adds, ``2 * pairs * Cin * Cout``, against the rate
+of a 2048^3 ``torch.mm`` in the same dtype on the same device.
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ class Setting:
     device: str
     gemm: float
     backward: bool
+    dtype: torch.dtype
+
+    @property
+    def peer(self) -> str:
+        """The spconv contender every speed-up is quoted against (its correct configuration)."""
+        return "spconv" if self.device.startswith("cuda") else "spconv_1t"
+
+    @property
+    def inner(self) -> int:
+        return 10 if self.device.startswith("cuda") else 1
 
 
 def _layers(coords: torch.Tensor) -> list[Layer]:
@@ -65,6 +77,7 @@ def run(
     rounds: int = 5,
     data_dir=None,
     backward: bool = True,
+    dtype: str = "float32",
 ) -> dict:
     scans = inputs.real_scans(data_dir)
     if not scans:
@@ -79,9 +92,15 @@ def run(
         if not f.needs_triton
         or (device.startswith("cuda") and triton_available(torch.device(device)))
     ]
+    tdtype = getattr(torch, dtype)
+    if device == "cpu" and tdtype == torch.float16:
+        raise ValueError(
+            "bench conv on CPU runs float32 or bfloat16 (CPU has no fast float16 GEMM)"
+        )
+    use_peer = peers.spconv_available() and (device != "cpu" or tdtype == torch.float32)
     setting = Setting(
-        coords, flows, peers.spconv_available() and device == "cpu", rounds, device,
-        gemm_gflops(device), backward,
+        coords, flows, use_peer, rounds, device, gemm_gflops(device, dtype=tdtype), backward,
+        tdtype,
     )  # fmt: skip
     plan = [(c, layer) for c in channels for layer in _layers(coords)]
     rows = [
@@ -92,63 +111,63 @@ def run(
         "voxels": int(len(coords)),
         "gemm_gflops": setting.gemm,
         "device": device,
+        "dtype": dtype,
         "rows": rows,
     }
 
 
 def _bench_layer(layer: Layer, c: int, st: Setting) -> dict:
     lname, k, s, ts, transposed, in_coords = layer
-    base_coords, flows, use_peer, rounds, device, gemm, backward = (
-        st.base_coords, st.flows, st.use_peer, st.rounds, st.device, st.gemm, st.backward
-    )  # fmt: skip
     torch.manual_seed(0)
-    weight = torch.randn(k**3, c, c, device=device) * (1.0 / (c * k**3) ** 0.5)
-    feats = torch.randn(len(in_coords), c, device=device)
-    x = _our_input(base_coords, in_coords, ts, k, s, transposed, feats)
-    ref = sc.functional.conv3d(
-        x, weight, kernel_size=k, stride=s, transposed=transposed, dataflow="torch"
-    )
-    kmap = build_kernel_map(  # the map ``ref`` just cached
-        x.coords, k, s, tensor_stride=ts, transposed=transposed, cache=x.cache
-    )
-    pairs = int(kmap.in_idx.numel())
+    weight = (torch.randn(k**3, c, c) * (1.0 / (c * k**3) ** 0.5)).to(st.device, st.dtype)
+    feats = torch.randn(len(in_coords), c).to(st.device, st.dtype)
+    x = _our_input(st.base_coords, in_coords, ts, k, s, transposed, feats)
+    conv = dict(kernel_size=k, stride=s, transposed=transposed)
+    ref = sc.functional.conv3d(x, weight, dataflow="torch", **conv)
+    kmap = build_kernel_map(x.coords, k, s, tensor_stride=ts, transposed=transposed, cache=x.cache)
+    pairs = int(kmap.in_idx.numel())  # the map ``ref`` just cached
     contenders, contenders_bwd = {}, {}
-    for f in flows:
-        contenders[f.name] = lambda f=f: sc.functional.conv3d(
-            x, weight, kernel_size=k, stride=s, transposed=transposed, dataflow=f.name
-        )
-        if backward:
-            contenders_bwd[f.name] = lambda f=f: _fwd_bwd(x, weight, k, s, transposed, f.name)
+    for f in st.flows:
+        contenders[f.name] = lambda f=f: sc.functional.conv3d(x, weight, dataflow=f.name, **conv)
+        if st.backward:
+            contenders_bwd[f.name] = lambda f=f: _fwd_bwd(x, weight, conv, f.name)
     row = {"layer": lname, "channels": c, "pairs": pairs}
-    if use_peer:
-        sp = _spconv_layer(base_coords, in_coords, feats, weight, k, s, ts, transposed, ref.coords)
-        peer_backward = backward and _spconv_backward_works(sp, row)
-        for n in (1, 2):
-            contenders[f"spconv_{n}t"] = lambda n=n: _with_threads(n, sp["forward"])
-            if peer_backward:
-                contenders_bwd[f"spconv_{n}t"] = lambda n=n: _with_threads(
-                    n, sp["forward_backward"]
-                )
-        for n in (1, 2):
-            out = _with_threads(n, sp["forward"])
-            got = sp["align"](out)
-            row[f"spconv_{n}t_rel_err"] = float(
-                (got - ref.feats.cpu()).abs().max() / ref.feats.abs().max()
-            )
-    t = interleaved(contenders, rounds=rounds, device=device)
+    if st.use_peer:
+        sp = _spconv_layer(
+            st.base_coords, in_coords, feats, weight, k, s, ts, transposed, ref.coords
+        )
+        _add_peer(sp, row, ref.feats, st, contenders, contenders_bwd)
+    t = interleaved(contenders, rounds=st.rounds, device=st.device, inner=st.inner)
     for name, v in t.items():
         row[f"{name}_fwd_ms"] = median(v) * 1e3
-    row["torch_fwd_gflops"] = 2 * pairs * c * c / median(t["torch"]) / 1e9
-    row["torch_fwd_frac_of_gemm"] = row["torch_fwd_gflops"] / gemm
-    if use_peer:
-        row["torch_fwd_speedup_vs_spconv_1t"] = ratio(t, "torch", "spconv_1t")
-    if backward:
-        tb = interleaved(contenders_bwd, rounds=max(3, rounds // 2), device=device)
+    for f in st.flows:
+        row[f"{f.name}_fwd_gflops"] = 2 * pairs * c * c / median(t[f.name]) / 1e9
+        row[f"{f.name}_fwd_frac_of_gemm"] = row[f"{f.name}_fwd_gflops"] / st.gemm
+        if st.peer in t:
+            row[f"{f.name}_fwd_speedup_vs_{st.peer}"] = ratio(t, f.name, st.peer)
+    if st.backward:
+        rounds = max(3, st.rounds // 2)
+        tb = interleaved(contenders_bwd, rounds=rounds, device=st.device, inner=st.inner)
         for name, v in tb.items():
             row[f"{name}_fwdbwd_ms"] = median(v) * 1e3
-        if "spconv_1t" in tb:
-            row["torch_fwdbwd_speedup_vs_spconv_1t"] = ratio(tb, "torch", "spconv_1t")
+        for f in st.flows:
+            if st.peer in tb:
+                row[f"{f.name}_fwdbwd_speedup_vs_{st.peer}"] = ratio(tb, f.name, st.peer)
     return row
+
+
+def _add_peer(sp: dict, row: dict, ref: torch.Tensor, st: Setting, fwd: dict, bwd: dict) -> None:
+    """spconv's contenders (1 and 2 threads on CPU, one on CUDA) and its error against ours."""
+    peer_backward = st.backward and _spconv_backward_works(sp, row)
+    threads = (1, 2) if st.device == "cpu" else (None,)
+    for n in threads:
+        name = "spconv" if n is None else f"spconv_{n}t"
+        fwd[name] = lambda n=n: _with_threads(n, sp["forward"])
+        if peer_backward:
+            bwd[name] = lambda n=n: _with_threads(n, sp["forward_backward"])
+        got = sp["align"](_with_threads(n, sp["forward"])).float()
+        err = (got - ref.float()).abs().max() / ref.float().abs().max()
+        row[f"{name}_rel_err"] = float(err)
 
 
 def _our_input(base_coords, in_coords, ts, k, s, transposed, feats):
@@ -164,13 +183,10 @@ def _our_input(base_coords, in_coords, ts, k, s, transposed, feats):
     return sc.SparseTensor(feats, in_coords, stride=ts)
 
 
-def _fwd_bwd(x, weight, k, s, transposed, flow):
+def _fwd_bwd(x, weight, conv: dict, flow: str):
     xf = x.feats.detach().requires_grad_(True)
     w = weight.detach().requires_grad_(True)
-    y = sc.functional.conv3d(
-        x.replace_feats(xf), w, kernel_size=k, stride=s, transposed=transposed, dataflow=flow
-    )
-    y.feats.sum().backward()
+    sc.functional.conv3d(x.replace_feats(xf), w, dataflow=flow, **conv).feats.sum().backward()
 
 
 def _spconv_backward_works(sp: dict, row: dict) -> bool:
@@ -184,43 +200,51 @@ def _spconv_backward_works(sp: dict, row: dict) -> bool:
 
 
 def _with_threads(n, fn):
+    if n is None:  # CUDA: CPU threads are irrelevant
+        return fn()
     with Threads(n):
         return fn()
 
 
 def _spconv_layer(base_coords, in_coords, feats, weight, k, s, ts, transposed, ref_coords):
-    """spconv module and input with indices prebuilt, plus a function ordering its rows like ours."""
+    """spconv module and input with indices prebuilt, plus a function ordering its rows like ours.
+
+    Built on the device and in the dtype of ``feats``; index arithmetic stays on the CPU.
+    """
     import spconv.pytorch as spconv
 
     from sparseconv.maps import keys as K
 
-    c = weight.shape[1]
+    c, dev, cpu_threads = weight.shape[1], feats.device, 1 if feats.device.type == "cpu" else None
     shift = peers.grid_shift(base_coords.cpu())
     base, shape = peers.nonnegative(base_coords.cpu())
     if transposed:
         down = spconv.SparseConv3d(c, c, k, stride=s, bias=False, indice_key="bench")
-        with Threads(1):
-            coarse = down(spconv.SparseConvTensor(torch.zeros(len(base), c), base, shape, 1))
-        their = coarse.indices.clone()
+        down = down.to(dev, feats.dtype)
+        zeros = torch.zeros(len(base), c, device=dev, dtype=feats.dtype)
+        coarse = _with_threads(
+            cpu_threads, lambda: down(spconv.SparseConvTensor(zeros, base.to(dev), shape, 1))
+        )
+        their = coarse.indices.cpu().clone()
         their[:, 1:] = their[:, 1:] * s + shift
         x_sp = coarse.replace_feature(
-            feats.cpu()[_match(K.pack(in_coords.cpu()), K.pack(their.int()))]
+            feats[_match(K.pack(in_coords.cpu()), K.pack(their.int())).to(dev)]
         )
         layer = spconv.SparseInverseConv3d(c, c, k, bias=False, indice_key="bench")
     else:
         cc = in_coords.cpu().clone()
         cc[:, 1:] = torch.div(cc[:, 1:] - shift, ts, rounding_mode="floor")
-        x_sp = spconv.SparseConvTensor(feats.cpu(), cc, [v // ts + 2 for v in shape], 1)
+        x_sp = spconv.SparseConvTensor(feats, cc.to(dev), [v // ts + 2 for v in shape], 1)
         cls = spconv.SubMConv3d if s == 1 else spconv.SparseConv3d
         layer = cls(c, c, k, stride=s, bias=False, indice_key="bench")
+    layer = layer.to(dev, feats.dtype)
     with torch.no_grad():
-        layer.weight.copy_(to_spconv(weight.detach().cpu(), k))
-    with Threads(1):
-        first = layer(x_sp)  # builds (and caches) the indices
+        layer.weight.copy_(to_spconv(weight.detach().float().cpu(), k).to(dev, feats.dtype))
+    first = _with_threads(cpu_threads, lambda: layer(x_sp))  # builds (and caches) the indices
     scale = 1 if transposed else ts * s
-    their_out = first.indices.clone()
+    their_out = first.indices.cpu().clone()
     their_out[:, 1:] = their_out[:, 1:] * scale + shift
-    order = _match(K.pack(their_out.int()), K.pack(ref_coords.cpu()))
+    order = _match(K.pack(their_out.int()), K.pack(ref_coords.cpu())).to(dev)
 
     def forward():
         with torch.no_grad():

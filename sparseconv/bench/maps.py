@@ -20,7 +20,8 @@ def run(device: str = "cpu", sizes=DEFAULT_SIZES, rounds: int = 7, data_dir=None
     }
     for n in sizes:
         sources[f"synthetic-{n // 1000}k"] = lambda n=n: inputs.synthetic_coords(n)
-    use_peer = peers.spconv_available() and device == "cpu"
+    use_peer = peers.spconv_available()
+    on_cpu = device == "cpu"
     rows = []
     for name, make in tqdm(list(sources.items()), desc="bench maps", unit="input"):
         coords = make().to(device)
@@ -32,14 +33,16 @@ def run(device: str = "cpu", sizes=DEFAULT_SIZES, rounds: int = 7, data_dir=None
                 ),
             }
             if use_peer:
-                spconv_run = peers.spconv_index_fn(coords.cpu(), k, s, subm=s == 1)
+                spconv_run = peers.spconv_index_fn(coords, k, s, subm=s == 1)
 
                 def peer(run=spconv_run):
+                    if not on_cpu:
+                        return run()
                     with Threads(1):  # spconv's CPU build is only correct single-threaded
                         return run()
 
                 contenders["spconv"] = peer
-            t = interleaved(contenders, rounds=rounds, device=device)
+            t = interleaved(contenders, rounds=rounds, device=device, inner=1 if on_cpu else 5)
             row = {"input": name, "voxels": int(coords.shape[0]), "case": case}
             row.update({f"{c}_ms": median(v) * 1e3 for c, v in t.items()})
             row["mergesort_time_over_hash"] = ratio(t, "hash", "mergesort")  # <= 1.5 is the target

@@ -24,8 +24,13 @@ def interleaved(
     rounds: int = 7,
     warmup: int = 1,
     device: str = "cpu",
+    inner: int = 1,
 ) -> dict[str, list[float]]:
-    """Seconds per call for each contender, one entry per round."""
+    """Seconds per call for each contender, one entry per round.
+
+    ``inner`` calls run back to back inside each timed sample (between two device syncs): on a
+    GPU a layer takes ~0.1 ms, so one call per sample would time the sync, not the kernels.
+    """
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -34,9 +39,10 @@ def interleaved(
         for name, fn in contenders.items():
             _sync(device)
             t0 = time.perf_counter()
-            fn()
+            for _ in range(inner):
+                fn()
             _sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append((time.perf_counter() - t0) / inner)
     return times
 
 
@@ -63,9 +69,13 @@ class Threads:
         torch.set_num_threads(self.saved)
 
 
-def gemm_gflops(device: str = "cpu", n: int = 2048, rounds: int = 5) -> float:
-    """Median GFLOP/s of an ``n^3`` float32 ``torch.mm`` on ``device`` (the machine's GEMM rate)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    t = interleaved({"mm": lambda: torch.mm(a, b)}, rounds=rounds, device=device)["mm"]
+def gemm_gflops(
+    device: str = "cpu", n: int = 2048, rounds: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """Median GFLOP/s of an ``n^3`` ``torch.mm`` on ``device`` (the machine's GEMM rate)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    inner = 20 if device.startswith("cuda") else 1
+    t = interleaved({"mm": lambda: torch.mm(a, b)}, rounds=rounds, device=device, inner=inner)
+    t = t["mm"]
     return 2 * n**3 / median(t) / 1e9

@@ -24,6 +24,12 @@ def add_parser(sub) -> None:
     )
     c.add_argument("--channels", type=int, nargs="*", default=None, help="default 16 32 64 128 256")
     c.add_argument("--no-backward", action="store_true", help="time the forward pass only")
+    c.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="feature and weight dtype (float16 on CUDA for the GPU table)",
+    )
     pr = bsub.add_parser(
         "prune", help="dense vs pruned variants of a trained run: mIoU, MACs, latency"
     )
@@ -68,11 +74,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         channels = tuple(args.channels) if args.channels else conv.DEFAULT_CHANNELS
         payload = conv.run(
-            args.device, channels, args.rounds, args.data, backward=not args.no_backward
+            args.device,
+            channels,
+            args.rounds,
+            args.data,
+            backward=not args.no_backward,
+            dtype=args.dtype,
         )
         payload["environment"] = env
         rows = payload["rows"]
-        print(f"machine GEMM rate (2048^3 fp32 mm): {payload['gemm_gflops']:.1f} GFLOP/s")
+        rate = payload["gemm_gflops"]
+        print(f"machine GEMM rate (2048^3 {args.dtype} mm): {rate:.1f} GFLOP/s")
     print(report.format_table(rows))
     if args.json:
         report.save_json(args.json, payload)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from reference import dense_conv, random_coords
+from reference import CUDA, DEVICES, TRITON_DEVICE, dense_conv, random_coords
 
 import sparseconv as sc
 from sparseconv.functional import conv3d
@@ -18,6 +18,9 @@ CASES = [
     for m in ("minkowski", "spconv")
     if not (s == 1 and m == "spconv")
 ]
+# interpreted on CPU, four representative cases; on a GPU every case
+TRITON_CASES = CASES if CUDA else [(3, 1, 1, "minkowski"), (2, 2, 1, "minkowski"),
+                                   (3, 2, 2, "minkowski"), (5, 1, 1, "minkowski")]  # fmt: skip
 
 
 def _check(
@@ -33,12 +36,13 @@ def _check(
     dtype=torch.float64,
     tol=1e-9,
     ts=1,
+    device="cpu",
 ):
     torch.manual_seed(0)
     kt = as_triple(ks, "k")
-    feats = torch.randn(len(coords), c_in, dtype=dtype, requires_grad=True)
-    weight = torch.randn(math.prod(kt), c_in, c_out, dtype=dtype, requires_grad=True)
-    x = sc.SparseTensor(feats, coords, stride=ts)
+    feats = torch.randn(len(coords), c_in, dtype=dtype).to(device).requires_grad_(True)
+    weight = torch.randn(math.prod(kt), c_in, c_out, dtype=dtype).to(device).requires_grad_(True)
+    x = sc.SparseTensor(feats, coords.to(device), stride=ts)
     y = conv3d(
         x,
         weight,
@@ -51,21 +55,24 @@ def _check(
     )
     grad = torch.randn_like(y.feats)
     gx, gw = torch.autograd.grad((y.feats * grad).sum(), [feats, weight])
-    f2 = feats.detach().clone().requires_grad_(True)
-    w2 = weight.detach().clone().requires_grad_(True)
+    f2 = feats.detach().cpu().requires_grad_(True)
+    w2 = weight.detach().cpu().requires_grad_(True)
     centred = as_triple(s, "s") == (1, 1, 1)
-    ref = dense_conv(f2, coords, w2, kt, as_triple(d, "d"), y.coords, centred, transposed)
-    rx, rw = torch.autograd.grad((ref * grad).sum(), [f2, w2])
+    out_coords = y.coords.cpu()
+    ref = dense_conv(f2, coords, w2, kt, as_triple(d, "d"), out_coords, centred, transposed)
+    rx, rw = torch.autograd.grad((ref * grad.cpu()).sum(), [f2, w2])
     for got, want, name in ((y.feats, ref, "y"), (gx, rx, "dX"), (gw, rw, "dW")):
+        got = got.cpu()
         err = (got.double() - want.double()).norm() / want.double().norm().clamp(min=1e-30)
         assert err < tol, f"{name}: relative error {err:.2e}"
     return y
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("k,s,d,mode", CASES)
-def test_torch_dataflow_matches_dense(k, s, d, mode):
+def test_torch_dataflow_matches_dense(k, s, d, mode, device):
     coords = random_coords(80, extent=9, seed=k * 100 + s * 10 + d)
-    _check(coords, 3, 5, k, s, d, mode, "torch")
+    _check(coords, 3, 5, k, s, d, mode, "torch", device=device)
 
 
 @pytest.mark.parametrize("k,s", [(2, 2), (3, 2), (3, 3)])
@@ -80,10 +87,13 @@ def test_anisotropic_kernel_stride_dilation():
 
 
 @pytest.mark.parametrize("dataflow", ["triton_gather_scatter", "triton_implicit_gemm"])
-@pytest.mark.parametrize("k,s,d", [(3, 1, 1), (2, 2, 1), (3, 2, 2), (5, 1, 1)])
-def test_triton_dataflows_match_dense(dataflow, k, s, d):
+@pytest.mark.parametrize("k,s,d,mode", TRITON_CASES)
+def test_triton_dataflows_match_dense(dataflow, k, s, d, mode):
     coords = random_coords(70, extent=8, seed=k + s + d)
-    _check(coords, 3, 20, k, s, d, "minkowski", dataflow, dtype=torch.float32, tol=1e-5)
+    _check(
+        coords, 3, 20, k, s, d, mode, dataflow, dtype=torch.float32, tol=1e-5,
+        device=TRITON_DEVICE,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("dataflow", ["triton_gather_scatter", "triton_implicit_gemm"])
@@ -102,6 +112,7 @@ def test_triton_transposed(dataflow):
         ts=2,
         dtype=torch.float32,
         tol=1e-5,
+        device=TRITON_DEVICE,
     )
 
 

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from reference import random_coords
+from reference import CUDA, TRITON_DEVICE, random_coords
 
 import sparseconv as sc
 from sparseconv.functional import SparseConvFunction, conv3d
@@ -12,11 +12,12 @@ from sparseconv.maps import build_kernel_map
 @pytest.mark.parametrize("k,s", [(3, 1), (2, 2)])
 def test_gradcheck_float64(dataflow, k, s):
     # Triton runs interpreted on CPU: tiny inputs and gradcheck's fast mode keep it to seconds.
-    interpreted = dataflow != "torch" and not torch.cuda.is_available()
-    coords = random_coords(12 if interpreted else 25, extent=4, seed=k + s)
+    interpreted = dataflow != "torch" and not CUDA
+    device = "cpu" if dataflow == "torch" else TRITON_DEVICE
+    coords = random_coords(12 if interpreted else 25, extent=4, seed=k + s).to(device)
     km = build_kernel_map(coords, k, s)
-    x = torch.randn(len(coords), 3, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(k**3, 3, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(len(coords), 3, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(k**3, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
     flow = DATAFLOWS[dataflow]
     assert torch.autograd.gradcheck(
         lambda a, b: SparseConvFunction.apply(a, b, km, flow), (x, w), fast_mode=interpreted
@@ -30,15 +31,17 @@ def test_half_precision_with_float32_accumulation(dtype, tol, dataflow):
         pytest.skip(
             "CPU torch has no fast fp16 GEMM path worth testing; bf16 covers the torch dataflow"
         )
-    if dtype == torch.bfloat16 and dataflow != "torch" and not torch.cuda.is_available():
+    if dtype == torch.bfloat16 and dataflow != "torch" and not CUDA:
         pytest.skip("the Triton interpreter (numpy) has no bfloat16; runs on a GPU")
+    device = "cpu" if dataflow == "torch" else TRITON_DEVICE
     coords = random_coords(200, extent=10, seed=3)
     x32 = torch.randn(len(coords), 16)
     w32 = torch.randn(27, 16, 16) * 0.2
     ref = conv3d(sc.SparseTensor(x32.double(), coords), w32.double(), dataflow="torch").feats
-    y = conv3d(sc.SparseTensor(x32.to(dtype), coords), w32.to(dtype), dataflow=dataflow).feats
+    x = sc.SparseTensor(x32.to(dtype), coords).to(device)
+    y = conv3d(x, w32.to(dtype).to(device), dataflow=dataflow).feats
     assert y.dtype == dtype
-    err = (y.double() - ref).norm() / ref.norm()
+    err = (y.cpu().double() - ref).norm() / ref.norm()
     assert err < tol
 
 
@@ -56,14 +59,15 @@ def test_empty_tensor_and_empty_offsets():
     one = sc.SparseTensor(torch.randn(1, 7), torch.tensor([[0, 1, 2, 3]], dtype=torch.int32))
     w = torch.randn(27, 7, 13)
     for flow in ("torch", "triton_gather_scatter", "triton_implicit_gemm"):
-        y = conv3d(one, w, dataflow=flow)
-        torch.testing.assert_close(y.feats, one.feats @ w[13], rtol=1e-4, atol=1e-4)
+        device = "cpu" if flow == "torch" else TRITON_DEVICE
+        y = conv3d(one.to(device), w.to(device), dataflow=flow)
+        torch.testing.assert_close(y.feats.cpu(), one.feats @ w[13], rtol=1e-4, atol=1e-4)
 
 
 def test_implicit_gemm_is_deterministic():
     coords = random_coords(300, extent=8, seed=4)
-    x = sc.SparseTensor(torch.randn(len(coords), 8), coords)
-    w = torch.randn(27, 8, 8)
+    x = sc.SparseTensor(torch.randn(len(coords), 8), coords).to(TRITON_DEVICE)
+    w = torch.randn(27, 8, 8, device=TRITON_DEVICE)
     a = conv3d(x, w, deterministic=True).feats
     b = conv3d(x, w, deterministic=True).feats
     assert torch.equal(a, b)

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# GPU checks on a CUDA machine with no network: the GPU test subset, then the float16 conv
+# bench with spconv's CUDA build as the peer. Results land in OUTDIR (logs, JSON).
+#
+#   bash scripts/gpu_check.sh OUTDIR [BUNDLE] [what...]     what: tests bench maps (default all)
+#
+# BUNDLE (default .gpu, git-ignored) may hold what the machine lacks: the wheels spconv-cu126
+# needs (cumm-cu126 0.7.x, pccm, ccimport, fire, termcolor, lark), spconv itself unpacked and
+# re-packed as spconv.tar.xz (its wheel is 70 MB, the xz 22 MB), and the real scan as
+# kitti08_000000.bin. See docs/gpu.md.
+set -uo pipefail
+OUT=${1:?usage: gpu_check.sh OUTDIR [BUNDLE] [tests bench maps]}
+BUNDLE=${2:-.gpu}
+shift $(($# >= 2 ? 2 : 1))
+WHAT=${*:-tests bench maps}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/env.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" |
+    tee -a "$OUT/env.txt"
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 ||
+    { cat "$OUT/install.log"; exit 1; }
+
+if compgen -G "$BUNDLE/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$BUNDLE"/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+if [ -f "$BUNDLE/spconv.tar.xz" ]; then
+    mkdir -p /tmp/site && tar xJf "$BUNDLE/spconv.tar.xz" -C /tmp/site
+    export PYTHONPATH=/tmp/site
+fi
+python3 -c "import spconv.pytorch, spconv; print('spconv', spconv.__version__)" 2>&1 | tail -1 |
+    tee -a "$OUT/env.txt"
+
+DATA=../shared/data
+SCAN=$DATA/semantickitti/sequences/08/velodyne/000000.bin
+if [ ! -f "$SCAN" ] && [ -f "$BUNDLE/kitti08_000000.bin" ]; then
+    mkdir -p "$(dirname "$SCAN")" && cp "$BUNDLE/kitti08_000000.bin" "$SCAN"
+fi
+
+for step in $WHAT; do
+    case $step in
+    tests)
+        timeout 420 python3 -m pytest -q -p no:cacheprovider -x --durations=8 \
+            tests/gpu tests/functional tests/maps tests/nn tests/models tests/prune/test_accelerate.py \
+            2>&1 | tee "$OUT/tests.log" | tail -25
+        ;;
+    bench)
+        timeout 420 sparseconv bench conv --device cuda --dtype float16 --rounds 5 --data "$DATA" \
+            --json "$OUT/conv_cuda_fp16.json" 2>&1 | tr '\r' '\n' | grep -v "bench conv:" |
+            tee "$OUT/bench_conv.log" | tail -40
+        ;;
+    maps)
+        timeout 240 sparseconv bench maps --device cuda --data "$DATA" \
+            --json "$OUT/maps_cuda.json" 2>&1 | tr '\r' '\n' | grep -v "bench maps:" |
+            tee "$OUT/bench_maps.log" | tail -20
+        ;;
+    esac
+done
