@@ -12,15 +12,16 @@ import triton
 import triton.language as tl
 
 EMPTY = -1
-_NEVER = -2
-
-
-FIB_MULTIPLIER = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64, as in the torch table
+# globals read inside @triton.jit functions must be constexpr objects (compiled kernels refuse
+# plain ints; the interpreter accepts both)
+_EMPTY = tl.constexpr(EMPTY)
+_NEVER = tl.constexpr(-2)
+_FIB_MULTIPLIER = tl.constexpr(-7046029254386353131)  # 0x9E3779B97F4A7C15 as int64, as in torch
 
 
 @triton.jit
 def _hash_slot(key, mask, SHIFT: tl.constexpr):
-    return ((key * FIB_MULTIPLIER) >> SHIFT) & mask
+    return ((key * _FIB_MULTIPLIER) >> SHIFT) & mask
 
 
 @triton.jit
@@ -36,10 +37,10 @@ def _insert_kernel(
     probes = 0
     while (tl.sum((~done).to(tl.int32), axis=0) > 0) & (probes <= mask):
         target = tl.where(done, cap, slot)
-        cmp = tl.where(done, _NEVER, EMPTY).to(tl.int64)
+        cmp = tl.where(done, _NEVER, _EMPTY).to(tl.int64)
         new = tl.where(done, _NEVER, key).to(tl.int64)
         prev = tl.atomic_cas(tkeys_ptr + target, cmp, new)
-        won = (~done) & (prev == EMPTY)
+        won = (~done) & (prev == _EMPTY)
         tl.store(tvals_ptr + slot, offs.to(tl.int32), mask=won)
         dup = dup | ((~done) & (prev == key))
         done = done | won | (prev == key)
@@ -60,11 +61,11 @@ def _query_kernel(
     done = ~valid
     probes = 0
     while (tl.sum((~done).to(tl.int32), axis=0) > 0) & (probes <= mask):
-        k = tl.load(tkeys_ptr + slot, mask=~done, other=EMPTY)
+        k = tl.load(tkeys_ptr + slot, mask=~done, other=_EMPTY)
         hit = (~done) & (k == q)
         v = tl.load(tvals_ptr + slot, mask=hit, other=-1)
         result = tl.where(hit, v, result)
-        done = done | hit | (k == EMPTY)
+        done = done | hit | (k == _EMPTY)
         slot = tl.where(done, slot, (slot + 1) & mask)
         probes += 1
     tl.store(out_ptr + offs, result, mask=valid)

@@ -42,7 +42,7 @@ fi
 for step in $WHAT; do
     case $step in
     tests)
-        timeout 420 python3 -m pytest -q -p no:cacheprovider -x --durations=8 \
+        timeout 420 python3 -m pytest -q -p no:cacheprovider --durations=8 \
             tests/gpu tests/functional tests/maps tests/nn tests/models tests/prune/test_accelerate.py \
             2>&1 | tee "$OUT/tests.log" | tail -25
         ;;

@@ -60,11 +60,11 @@ class Setting:
 
 
 def _layers(coords: torch.Tensor) -> list[Layer]:
-    x = sc.SparseTensor(torch.zeros(len(coords), 1), coords)
+    x = sc.SparseTensor(torch.zeros(len(coords), 1, device=coords.device), coords)
     levels = {1: x}
+    w = torch.zeros(8, 1, 1, device=coords.device)
     for s in (2, 4, 8):
-        prev = levels[s // 2]
-        levels[s] = sc.functional.conv3d(prev, torch.zeros(8, 1, 1), kernel_size=2, stride=2)
+        levels[s] = sc.functional.conv3d(levels[s // 2], w, kernel_size=2, stride=2)
     out = [Layer(f"subm k3 @s{s}", 3, 1, s, False, t.coords) for s, t in levels.items()]
     out.append(Layer("down k2s2 @s1", 2, 2, 1, False, coords))
     out.append(Layer("up k2s2 @s2", 2, 2, 2, True, levels[2].coords))
@@ -165,9 +165,12 @@ def _add_peer(sp: dict, row: dict, ref: torch.Tensor, st: Setting, fwd: dict, bw
         fwd[name] = lambda n=n: _with_threads(n, sp["forward"])
         if peer_backward:
             bwd[name] = lambda n=n: _with_threads(n, sp["forward_backward"])
-        got = sp["align"](_with_threads(n, sp["forward"])).float()
+        out = sp["first"] if n is None else _with_threads(n, sp["forward"])
+        got = sp["align"](out).float()
         err = (got - ref.float()).abs().max() / ref.float().abs().max()
         row[f"{name}_rel_err"] = float(err)
+    if sp["rebuilds_indices"]:
+        row["spconv_time_includes_index_build"] = True
 
 
 def _our_input(base_coords, in_coords, ts, k, s, transposed, feats):
@@ -215,11 +218,15 @@ def _spconv_layer(base_coords, in_coords, feats, weight, k, s, ts, transposed, r
 
     from sparseconv.maps import keys as K
 
-    c, dev, cpu_threads = weight.shape[1], feats.device, 1 if feats.device.type == "cpu" else None
+    c, dev, on_cpu = weight.shape[1], feats.device, feats.device.type == "cpu"
+    cpu_threads = 1 if on_cpu else None
+    # CPU: the native gather-GEMM-scatter (a CUDA wheel's default, implicit GEMM, is CUDA-only);
+    # CUDA: spconv's default, its fastest
+    algo = dict(algo=spconv.ConvAlgo.Native) if on_cpu else {}
     shift = peers.grid_shift(base_coords.cpu())
     base, shape = peers.nonnegative(base_coords.cpu())
     if transposed:
-        down = spconv.SparseConv3d(c, c, k, stride=s, bias=False, indice_key="bench")
+        down = spconv.SparseConv3d(c, c, k, stride=s, bias=False, indice_key="bench", **algo)
         down = down.to(dev, feats.dtype)
         zeros = torch.zeros(len(base), c, device=dev, dtype=feats.dtype)
         coarse = _with_threads(
@@ -230,13 +237,13 @@ def _spconv_layer(base_coords, in_coords, feats, weight, k, s, ts, transposed, r
         x_sp = coarse.replace_feature(
             feats[_match(K.pack(in_coords.cpu()), K.pack(their.int())).to(dev)]
         )
-        layer = spconv.SparseInverseConv3d(c, c, k, bias=False, indice_key="bench")
+        layer = spconv.SparseInverseConv3d(c, c, k, bias=False, indice_key="bench", **algo)
     else:
         cc = in_coords.cpu().clone()
         cc[:, 1:] = torch.div(cc[:, 1:] - shift, ts, rounding_mode="floor")
         x_sp = spconv.SparseConvTensor(feats, cc.to(dev), [v // ts + 2 for v in shape], 1)
         cls = spconv.SubMConv3d if s == 1 else spconv.SparseConv3d
-        layer = cls(c, c, k, stride=s, bias=False, indice_key="bench")
+        layer = cls(c, c, k, stride=s, bias=False, indice_key="bench", **algo)
     layer = layer.to(dev, feats.dtype)
     with torch.no_grad():
         layer.weight.copy_(to_spconv(weight.detach().float().cpu(), k).to(dev, feats.dtype))
@@ -258,6 +265,10 @@ def _spconv_layer(base_coords, in_coords, feats, weight, k, s, ts, transposed, r
         "forward": forward,
         "forward_backward": forward_backward,
         "align": lambda out: out[order],
+        # spconv can reuse only submanifold and inverse indices: a strided SparseConv3d rebuilds
+        # its pairs on every call, and on CUDA their order changes from call to call
+        "first": first.features,
+        "rebuilds_indices": s > 1 and not transposed,
     }
 
 

@@ -12,6 +12,9 @@ from sparseconv.maps import keys as K
 from sparseconv.nn.convert import from_spconv
 
 spconv = pytest.importorskip("spconv.pytorch")
+# CPU tensors need spconv's native (gather-GEMM-scatter) algorithm: a CUDA wheel of spconv
+# defaults to implicit GEMM, which it only runs on CUDA
+NATIVE = dict(algo=spconv.ConvAlgo.Native)
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ def _rel_err(a, b):
 def test_submanifold_matches_spconv(scan, one_thread):
     torch.manual_seed(0)
     feats = torch.randn(len(scan), 8)
-    conv = spconv.SubMConv3d(8, 16, 3, bias=False, indice_key="subm")
+    conv = spconv.SubMConv3d(8, 16, 3, bias=False, indice_key="subm", **NATIVE)
     ref = conv(_spconv_tensor(feats, scan))
     ours = sc.functional.conv3d(sc.SparseTensor(feats, scan), from_spconv(conv.weight.detach()))
     assert torch.equal(ref.indices, scan)
@@ -62,8 +65,8 @@ def test_submanifold_matches_spconv(scan, one_thread):
 def test_strided_and_inverse_match_spconv(scan, one_thread, k):
     torch.manual_seed(1)
     feats = torch.randn(len(scan), 8)
-    down = spconv.SparseConv3d(8, 16, k, stride=2, bias=False, indice_key="down")
-    up = spconv.SparseInverseConv3d(16, 8, k, bias=False, indice_key="down")
+    down = spconv.SparseConv3d(8, 16, k, stride=2, bias=False, indice_key="down", **NATIVE)
+    up = spconv.SparseInverseConv3d(16, 8, k, bias=False, indice_key="down", **NATIVE)
     ref_down = down(_spconv_tensor(feats, scan))
     ref_up = up(ref_down)
     x = sc.SparseTensor(feats, scan)

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from reference import random_coords
+from reference import TRITON_DEVICE, random_coords
 
 from sparseconv.maps import HashTable, keys
 
@@ -64,7 +64,7 @@ def test_hash_table_build_query_and_duplicates():
 
 
 def test_triton_hash_table_matches_torch_table():
-    c = random_coords(300, extent=12, seed=7)
+    c = random_coords(300, extent=12, seed=7).to(TRITON_DEVICE)
     k = keys.pack(c)
     q = torch.cat([k, k + keys.pack_offset((1, 0, 0)), k + keys.pack_offset((0, -1, 1))])
     t_torch = HashTable.build(k, use_triton=False)
