@@ -102,7 +102,12 @@ def _weight_grad_kernel(
     )
 
 
-def _blocks(ptr: torch.Tensor, bm: int, device: torch.device):
+BM = 64  # pairs per program of the forward / input-gradient kernel
+
+
+def pair_blocks(
+    ptr: torch.Tensor, bm: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-program (offset, start, end) so that no block of BM pairs straddles two offsets."""
     p = ptr.to(device=device, dtype=torch.int64)
     n_blocks = (p[1:] - p[:-1] + bm - 1) // bm
@@ -126,14 +131,16 @@ def gather_gemm_scatter(
     weight: torch.Tensor,
     src_idx: torch.Tensor,
     dst_idx: torch.Tensor,
-    ptr: torch.Tensor,
+    blocks: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     n_dst: int,
-    bm: int = 64,
 ) -> torch.Tensor:
-    """float32 ``[n_dst, Cout]``: ``dst[dst_idx] += src[src_idx] @ weight[k]`` for every offset."""
+    """float32 ``[n_dst, Cout]``: ``dst[dst_idx] += src[src_idx] @ weight[k]`` for every offset.
+
+    ``blocks`` is :func:`pair_blocks` of the map's offset pointer with ``BM`` pairs per block.
+    """
     c_in, c_out = weight.shape[1], weight.shape[2]
     dst = torch.zeros((n_dst, c_out), dtype=_acc_dtype(src.dtype), device=src.device)
-    blk_k, blk_s, blk_e = _blocks(ptr, bm, src.device)
+    blk_k, blk_s, blk_e = blocks
     if blk_k.numel() == 0:
         return dst
     bn, bk = _tile(c_out), _tile(c_in)
@@ -141,7 +148,7 @@ def gather_gemm_scatter(
     _gather_gemm_scatter_kernel[grid](
         src.contiguous(), weight, dst, src_idx, dst_idx, blk_k, blk_s, blk_e,
         c_in, c_out, weight.stride(0), weight.stride(1), weight.stride(2),
-        BM=bm, BN=bn, BK=bk, ACC64=src.dtype == torch.float64, PRECISION=dot_precision(),
+        BM=BM, BN=bn, BK=bk, ACC64=src.dtype == torch.float64, PRECISION=dot_precision(),
     )  # fmt: skip
     return dst
 

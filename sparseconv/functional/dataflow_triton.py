@@ -24,17 +24,26 @@ def _transposed_view(kmap: KernelMap) -> KernelMap:
     return cached
 
 
+def _blocks(kmap: KernelMap):
+    """Per-program (offset, start, end) of the pair blocks, built once per map."""
+    if "gs_blocks" not in kmap.plans:
+        from sparseconv.kernels.gather_scatter import BM, pair_blocks
+
+        kmap.plans["gs_blocks"] = pair_blocks(kmap.offset_ptr, BM, kmap.device)
+    return kmap.plans["gs_blocks"]
+
+
 def gs_forward(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     from sparseconv.kernels.gather_scatter import gather_gemm_scatter
 
-    return gather_gemm_scatter(x, weight, kmap.in_idx, kmap.out_idx, kmap.offset_ptr, kmap.n_out)
+    return gather_gemm_scatter(x, weight, kmap.in_idx, kmap.out_idx, _blocks(kmap), kmap.n_out)
 
 
 def gs_backward_input(dy: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     from sparseconv.kernels.gather_scatter import gather_gemm_scatter
 
     wt = weight.transpose(1, 2)
-    return gather_gemm_scatter(dy, wt, kmap.out_idx, kmap.in_idx, kmap.offset_ptr, kmap.n_in)
+    return gather_gemm_scatter(dy, wt, kmap.out_idx, kmap.in_idx, _blocks(kmap), kmap.n_in)
 
 
 def backward_weight(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
@@ -43,13 +52,23 @@ def backward_weight(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap) -> torch
     return weight_grad(x, dy.contiguous(), kmap.in_idx, kmap.out_idx, kmap.offset_ptr)
 
 
+def _row_order(kmap: KernelMap) -> torch.Tensor:
+    """Output rows sorted by neighbour mask, built once per map (implicit GEMM skips offsets)."""
+    if "ig_row_order" not in kmap.plans:
+        from sparseconv.kernels.implicit_gemm import neighbour_mask_order
+
+        kmap.plans["ig_row_order"] = neighbour_mask_order(kmap.nbmap)
+    return kmap.plans["ig_row_order"]
+
+
 def ig_forward(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     from sparseconv.kernels.implicit_gemm import implicit_gemm
 
-    return implicit_gemm(x, weight, kmap.nbmap)
+    return implicit_gemm(x, weight, kmap.nbmap, _row_order(kmap))
 
 
 def ig_backward_input(dy: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     from sparseconv.kernels.implicit_gemm import implicit_gemm
 
-    return implicit_gemm(dy, weight.transpose(1, 2), _transposed_view(kmap).nbmap)
+    tmap = _transposed_view(kmap)
+    return implicit_gemm(dy, weight.transpose(1, 2), tmap.nbmap, _row_order(tmap))

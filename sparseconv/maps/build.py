@@ -48,13 +48,13 @@ def build_kernel_map(
         raise ValueError(
             f"downsample_mode must be one of {DOWNSAMPLE_MODES}, got {downsample_mode!r}"
         )
-    K.check_coords(coords)
     if cache is not None and cache.coords.get(ts) is not coords:
         # The cache holds one coordinate set per stride; another set must not reuse its maps.
         cache = None
     key = (ts, ks, s, d, transposed, downsample_mode)
     if cache is not None and key in cache.kmaps:
-        return cache.kmaps[key]
+        return cache.kmaps[key]  # checked when it was built; a hit costs no device sync
+    K.check_coords(coords)
     offsets = kernel_offsets(ks, centred=s == (1, 1, 1))
     if transposed:
         kmap = _transposed(coords, ks, s, d, ts, offsets, method, downsample_mode, cache)

@@ -110,3 +110,18 @@ def test_grouping_planner_thresholds():
     from sparseconv.functional import dataflow_torch as dt
 
     torch.testing.assert_close(dt.forward(x, w, km, 0.0), dt.forward(x, w, km, float("inf")))
+
+
+def test_implicit_gemm_row_order_only_changes_the_schedule():
+    from sparseconv.kernels.implicit_gemm import implicit_gemm, neighbour_mask_order
+
+    coords = random_coords(150, extent=7, seed=12).to(TRITON_DEVICE)
+    nb = build_kernel_map(coords, 3).nbmap
+    x = torch.randn(len(coords), 5, device=TRITON_DEVICE)
+    w = torch.randn(27, 5, 6, device=TRITON_DEVICE)
+    a = implicit_gemm(x, w, nb)
+    order = neighbour_mask_order(nb)
+    assert torch.equal(torch.sort(order).values, torch.arange(len(coords), device=order.device))
+    assert torch.equal(a, implicit_gemm(x, w, nb, order))
+    shuffled = torch.randperm(len(coords), device=TRITON_DEVICE)
+    assert torch.equal(a, implicit_gemm(x, w, nb, shuffled))
