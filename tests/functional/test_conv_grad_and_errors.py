@@ -122,6 +122,7 @@ def test_implicit_gemm_row_order_only_changes_the_schedule():
     a = implicit_gemm(x, w, nb)
     order = neighbour_mask_order(nb)
     assert torch.equal(torch.sort(order).values, torch.arange(len(coords), device=order.device))
-    assert torch.equal(a, implicit_gemm(x, w, nb, order))
+    # same sums per row; only the tile a row shares (and so BLAS/MMA rounding) differs
+    torch.testing.assert_close(a, implicit_gemm(x, w, nb, order), rtol=1e-6, atol=1e-6)
     shuffled = torch.randperm(len(coords), device=TRITON_DEVICE)
-    assert torch.equal(a, implicit_gemm(x, w, nb, shuffled))
+    torch.testing.assert_close(a, implicit_gemm(x, w, nb, shuffled), rtol=1e-6, atol=1e-6)
