@@ -159,8 +159,10 @@ def weight_grad(
     in_idx: torch.Tensor,
     out_idx: torch.Tensor,
     ptr: torch.Tensor,
+    ptr_on_device: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """float32 ``[K, Cin, Cout]`` weight gradient."""
+    """float32 ``[K, Cin, Cout]`` weight gradient. ``ptr`` (offset CSR pointer) is read on the
+    host to size the launch; ``ptr_on_device`` is the same pointer already on ``x``'s device."""
     n_k = ptr.numel() - 1
     c_in, c_out = x.shape[1], dy.shape[1]
     dw = torch.zeros((n_k, c_in, c_out), dtype=_acc_dtype(x.dtype), device=x.device)
@@ -172,7 +174,8 @@ def weight_grad(
     part = dw if split == 1 else dw.new_empty((split * n_k, c_in, c_out))
     grid = (split * n_k, triton.cdiv(c_in, bi), triton.cdiv(c_out, bo))
     _weight_grad_kernel[grid](
-        x.contiguous(), dy.contiguous(), part, in_idx, out_idx, ptr.to(x.device),
+        x.contiguous(), dy.contiguous(), part, in_idx, out_idx,
+        ptr_on_device if ptr_on_device is not None else ptr.to(x.device),
         n_k, c_in, c_out, chunk,
         BP=32, BI=bi, BO=bo, ACC64=x.dtype == torch.float64, PRECISION=dot_precision(),
     )  # fmt: skip
@@ -187,7 +190,7 @@ def _split_reduction(ptr: torch.Tensor, programs: int, device: torch.device) -> 
     most of the GPU idles. Splits stop at chunks of 512 pairs, where partials start to cost
     more than they save.
     """
-    longest = int((ptr[1:] - ptr[:-1]).max())
+    longest = int((ptr[1:] - ptr[:-1]).max())  # ptr lives on the host: no device sync
     if device.type != "cuda" or longest == 0:
         return 1, max(longest, 1)
     target = 4 * torch.cuda.get_device_properties(device).multi_processor_count

@@ -16,8 +16,8 @@ class SparseTensor:
     """Features ``[N, C]`` at coordinates ``[N, 4]`` = ``(batch, x, y, z)`` int32.
 
     Coordinates are in voxel units of the input grid: a tensor at stride 4 keeps coordinates that
-    are multiples of 4 (TorchSparse/MinkowskiEngine convention). Coordinates must be unique; the
-    constructor checks that (through the hash table it builds anyway, so the check is almost free)
+    are multiples of 4 (TorchSparse/MinkowskiEngine convention). Coordinates must be unique and in
+    the packable range; the constructor checks that (through the hash table it builds anyway, so the check is almost free)
     unless ``check=False`` is given by code that guarantees it, such as a conv producing outputs.
     ``cache`` is shared by every tensor derived from this one, so layers reuse kernel maps.
     """
@@ -34,7 +34,7 @@ class SparseTensor:
             raise TypeError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
         if feats.dim() != 2:
             raise ValueError(f"feats must have shape [N, C], got {list(feats.shape)}")
-        K.check_coords(coords)
+        K.check_coords(coords, values=check)
         if feats.shape[0] != coords.shape[0]:
             raise ValueError(
                 f"feats and coords must have the same length, got {feats.shape[0]} and {coords.shape[0]}"

@@ -49,7 +49,10 @@ def gs_backward_input(dy: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -
 def backward_weight(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     from sparseconv.kernels.gather_scatter import weight_grad
 
-    return weight_grad(x, dy.contiguous(), kmap.in_idx, kmap.out_idx, kmap.offset_ptr)
+    if "ptr_on_device" not in kmap.plans:  # a pageable host-to-device copy blocks the host
+        kmap.plans["ptr_on_device"] = kmap.offset_ptr.to(x.device)
+    ptrs = (kmap.offset_ptr, kmap.plans["ptr_on_device"])
+    return weight_grad(x, dy.contiguous(), kmap.in_idx, kmap.out_idx, *ptrs)
 
 
 def _row_order(kmap: KernelMap) -> torch.Tensor:

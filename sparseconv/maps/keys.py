@@ -43,8 +43,12 @@ __all__ = [
 ]
 
 
-def check_coords(coords: torch.Tensor, name: str = "coords") -> None:
-    """Raise a clear error unless ``coords`` is an int32 ``[N, 4]`` tensor in the packable range."""
+def check_coords(coords: torch.Tensor, name: str = "coords", values: bool = True) -> None:
+    """Raise a clear error unless ``coords`` is an int32 ``[N, 4]`` tensor in the packable range.
+
+    ``values=False`` checks type and shape only: the range check reads the tensor (a device sync
+    on CUDA), which layers re-wrapping already checked coordinates must not pay.
+    """
     if not isinstance(coords, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(coords).__name__}")
     if coords.dtype != torch.int32:
@@ -56,7 +60,7 @@ def check_coords(coords: torch.Tensor, name: str = "coords") -> None:
         raise ValueError(
             f"{name} must have shape [N, 4] (batch, x, y, z), got {list(coords.shape)}"
         )
-    if coords.numel() == 0:
+    if coords.numel() == 0 or not values:
         return
     lo = coords.amin(0)
     hi = coords.amax(0)
