@@ -5,8 +5,9 @@ for each channel count. Maps are built before timing (both ours and spconv's ind
 across calls, as in a network). On CPU spconv runs with 1 thread (its only correct configuration)
 and with 2 threads; the 2-thread output's error against ours is reported so the race is visible.
 On CUDA spconv (a CUDA wheel) runs once per round like our dataflows, in the same dtype.
-Achieved GFLOP/s counts the useful multiply-adds, ``2 * pairs * Cin * Cout``, against the rate
-of a 2048^3 ``torch.mm`` in the same dtype on the same device.
+Achieved GFLOP/s counts the useful multiply-adds, ``2 * pairs * Cin * Cout``; its fraction of
+the machine's GEMM rate is the median over rounds of the layer's rate over that of a 2048^3
+``torch.mm`` (same dtype and device) timed in the same round.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 import sparseconv as sc
 from sparseconv.bench import inputs, peers
-from sparseconv.bench.timing import Threads, gemm_gflops, interleaved, median, ratio
+from sparseconv.bench.timing import Threads, gemm_reference, interleaved, median, ratio
 from sparseconv.functional.dataflows import DATAFLOWS, triton_available
 from sparseconv.maps import build_kernel_map
 from sparseconv.nn.convert import to_spconv
@@ -45,7 +46,7 @@ class Setting:
     use_peer: bool
     rounds: int
     device: str
-    gemm: float
+    gemm: tuple  # (2048^3 torch.mm contender, its flops): timed in every layer's rounds
     backward: bool
     dtype: torch.dtype
 
@@ -99,7 +100,7 @@ def run(
         )
     use_peer = peers.spconv_available() and (device != "cpu" or tdtype == torch.float32)
     setting = Setting(
-        coords, flows, use_peer, rounds, device, gemm_gflops(device, dtype=tdtype), backward,
+        coords, flows, use_peer, rounds, device, gemm_reference(device, dtype=tdtype), backward,
         tdtype,
     )  # fmt: skip
     plan = [(c, layer) for c in channels for layer in _layers(coords)]
@@ -109,7 +110,7 @@ def run(
     return {
         "input": name,
         "voxels": int(len(coords)),
-        "gemm_gflops": setting.gemm,
+        "gemm_gflops": median([r["gemm_gflops_same_rounds"] for r in rows]),
         "device": device,
         "dtype": dtype,
         "rows": rows,
@@ -137,12 +138,18 @@ def _bench_layer(layer: Layer, c: int, st: Setting) -> dict:
             st.base_coords, in_coords, feats, weight, k, s, ts, transposed, ref.coords
         )
         _add_peer(sp, row, ref.feats, st, contenders, contenders_bwd)
-    t = interleaved(contenders, rounds=st.rounds, device=st.device, inner=st.inner)
+    mm, mm_flops = st.gemm
+    t = interleaved({**contenders, "mm": mm}, rounds=st.rounds, device=st.device, inner=st.inner)
+    t_mm = t.pop("mm")
+    row["gemm_gflops_same_rounds"] = mm_flops / median(t_mm) / 1e9
+    flops = 2 * pairs * c * c
     for name, v in t.items():
         row[f"{name}_fwd_ms"] = median(v) * 1e3
     for f in st.flows:
-        row[f"{f.name}_fwd_gflops"] = 2 * pairs * c * c / median(t[f.name]) / 1e9
-        row[f"{f.name}_fwd_frac_of_gemm"] = row[f"{f.name}_fwd_gflops"] / st.gemm
+        row[f"{f.name}_fwd_gflops"] = flops / median(t[f.name]) / 1e9
+        # median over rounds of (layer rate / mm rate), both timed in the same round
+        in_round = ratio({**t, "mm": t_mm}, f.name, "mm")  # median of t_mm / t_layer
+        row[f"{f.name}_fwd_frac_of_gemm"] = flops / mm_flops * in_round
         if st.peer in t:
             row[f"{f.name}_fwd_speedup_vs_{st.peer}"] = ratio(t, f.name, st.peer)
     if st.backward:

@@ -84,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
         payload["environment"] = env
         rows = payload["rows"]
         rate = payload["gemm_gflops"]
-        print(f"machine GEMM rate (2048^3 {args.dtype} mm): {rate:.1f} GFLOP/s")
+        print(
+            f"machine GEMM rate (2048^3 {args.dtype} mm, timed in every layer's rounds; "
+            f"median): {rate:.1f} GFLOP/s"
+        )
     print(report.format_table(rows))
     if args.json:
         report.save_json(args.json, payload)
