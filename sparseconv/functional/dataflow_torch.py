@@ -45,6 +45,9 @@ class Plan:
     dst_idx: torch.Tensor
     n_dst: int
     identity_offset: int | None
+    # every destination row receives exactly one pair (a transposed k == s conv, or the input
+    # gradient of a strided k == s conv): rows are written once, no zero fill, no scatter-add
+    injective: bool = False
 
 
 def _plan(kmap: KernelMap, reverse: bool, max_waste: float) -> Plan:
@@ -56,15 +59,28 @@ def _plan(kmap: KernelMap, reverse: bool, max_waste: float) -> Plan:
         ptr = kmap.offset_ptr.tolist()
         ident = kmap.kernel_volume // 2 if kmap.submanifold else None
         sizes = [ptr[k + 1] - ptr[k] for k in range(len(ptr) - 1)]
+        injective = ident is None and _one_pair_per_row(dst_idx, n_dst)
         steps = []
-        for group in plan_groups(sizes, max_waste, skip=ident):
+        # an injective plan writes each offset's rows directly: one step per offset, no padding
+        groups = (
+            [[k] for k, n in enumerate(sizes) if n > 0]
+            if injective
+            else plan_groups(sizes, max_waste, skip=ident)
+        )
+        for group in groups:
             if len(group) == 1:
                 steps.append(GroupStep(group, ptr[group[0]], ptr[group[0] + 1]))
             else:
                 s_pad, d_pad = _padded_group(group, ptr, src_idx, dst_idx, n_dst)
                 steps.append(GroupStep(group, src_idx=s_pad, dst_idx=d_pad))
-        kmap.plans[key] = Plan(steps, src_idx, dst_idx, n_dst, ident)
+        kmap.plans[key] = Plan(steps, src_idx, dst_idx, n_dst, ident, injective)
     return kmap.plans[key]
+
+
+def _one_pair_per_row(dst_idx: torch.Tensor, n_dst: int) -> bool:
+    if dst_idx.numel() != n_dst or n_dst == 0:
+        return False
+    return bool((torch.bincount(dst_idx, minlength=n_dst) == 1).all())
 
 
 def _padded_group(group, ptr, src_idx, dst_idx, n_dst):
@@ -83,6 +99,8 @@ def gather_gemm_scatter(src: torch.Tensor, weight: torch.Tensor, plan: Plan) -> 
     """``dst[dst_idx] += src[src_idx] @ weight[k]`` over all offsets; returns ``[n_dst, Cout]``."""
     acc = _acc_dtype(src.dtype)
     c_out = weight.shape[2]
+    if plan.injective:
+        return _gather_gemm_store(src, weight, plan, acc)
     out = torch.empty((plan.n_dst + 1, c_out), dtype=acc, device=src.device)
     if plan.identity_offset is not None:
         out[: plan.n_dst] = torch.mm(src, weight[plan.identity_offset])
@@ -101,6 +119,20 @@ def gather_gemm_scatter(src: torch.Tensor, weight: torch.Tensor, plan: Plan) -> 
         part = torch.bmm(gathered, weight[step.offsets]).flatten(0, 1)
         out.index_add_(0, step.dst_idx.flatten(), part.to(acc))
     return out[: plan.n_dst]
+
+
+def _gather_gemm_store(src: torch.Tensor, weight: torch.Tensor, plan: Plan, acc) -> torch.Tensor:
+    """``dst[dst_idx] = src[src_idx] @ weight[k]``: each row is written by exactly one pair.
+
+    ``index_copy_`` runs in parallel where ``index_add_`` (which must allow repeated rows) runs
+    serially on CPU, and the output needs no zero fill.
+    """
+    out = torch.empty((plan.n_dst, weight.shape[2]), dtype=acc, device=src.device)
+    for step in plan.steps:  # single-offset steps only (the plan is built with no grouping)
+        rows = plan.src_idx[step.lo : step.hi]
+        part = torch.mm(src.index_select(0, rows), weight[step.offsets[0]])
+        out.index_copy_(0, plan.dst_idx[step.lo : step.hi], part.to(acc))
+    return out
 
 
 def forward(

@@ -126,3 +126,22 @@ def test_implicit_gemm_row_order_only_changes_the_schedule():
     torch.testing.assert_close(a, implicit_gemm(x, w, nb, order), rtol=1e-6, atol=1e-6)
     shuffled = torch.randperm(len(coords), device=TRITON_DEVICE)
     torch.testing.assert_close(a, implicit_gemm(x, w, nb, shuffled), rtol=1e-6, atol=1e-6)
+
+
+def test_one_pair_per_row_plans_write_rows_directly():
+    from sparseconv.functional import dataflow_torch as dt
+
+    coords = random_coords(300, extent=10, seed=21)
+    x = sc.SparseTensor(torch.randn(len(coords), 3, dtype=torch.float64), coords)
+    down = conv3d(x, torch.randn(8, 3, 4, dtype=torch.float64), kernel_size=2, stride=2)
+    km = build_kernel_map(down.coords, 2, 2, tensor_stride=2, transposed=True, cache=down.cache)
+    assert dt._plan(km, False, 0.25).injective  # up k2s2: each fine voxel has one parent
+    assert not dt._plan(km, True, 0.25).injective  # its input gradient sums up to 8 children
+    k3 = build_kernel_map(coords, 3, 2)
+    assert not dt._plan(k3, False, 0.25).injective and dt._plan(k3, True, 0.25).injective is False
+    w = torch.randn(8, 4, 3, dtype=torch.float64)
+    ref = torch.zeros(km.n_out, 3, dtype=torch.float64)
+    for k in range(8):
+        i, j = km.pairs(k)
+        ref.index_add_(0, j, down.feats[i] @ w[k])
+    torch.testing.assert_close(dt.forward(down.feats, w, km), ref)
