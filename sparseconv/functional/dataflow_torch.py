@@ -48,6 +48,7 @@ class Plan:
     # every destination row receives exactly one pair (a transposed k == s conv, or the input
     # gradient of a strided k == s conv): rows are written once, no zero fill, no scatter-add
     injective: bool = False
+    pair_of_row: torch.Tensor | None = None  # injective plans: argsort of dst_idx, built lazily
 
 
 def _plan(kmap: KernelMap, reverse: bool, max_waste: float) -> Plan:
@@ -124,15 +125,25 @@ def gather_gemm_scatter(src: torch.Tensor, weight: torch.Tensor, plan: Plan) -> 
 def _gather_gemm_store(src: torch.Tensor, weight: torch.Tensor, plan: Plan, acc) -> torch.Tensor:
     """``dst[dst_idx] = src[src_idx] @ weight[k]``: each row is written by exactly one pair.
 
-    ``index_copy_`` runs in parallel where ``index_add_`` (which must allow repeated rows) runs
-    serially on CPU, and the output needs no zero fill.
+    Each offset's product lands in its own contiguous slice of a pair-ordered buffer, then one
+    row gather puts the buffer in destination order. Two parallel gathers replace a zero fill and
+    a scatter (``index_add_`` and ``index_copy_`` both run at ~3 GB/s on this CPU).
     """
-    out = torch.empty((plan.n_dst, weight.shape[2]), dtype=acc, device=src.device)
+    buf = torch.empty((plan.src_idx.numel(), weight.shape[2]), dtype=acc, device=src.device)
     for step in plan.steps:  # single-offset steps only (the plan is built with no grouping)
-        rows = plan.src_idx[step.lo : step.hi]
-        part = torch.mm(src.index_select(0, rows), weight[step.offsets[0]])
-        out.index_copy_(0, plan.dst_idx[step.lo : step.hi], part.to(acc))
-    return out
+        gathered = src.index_select(0, plan.src_idx[step.lo : step.hi])
+        if gathered.dtype == acc:
+            torch.mm(gathered, weight[step.offsets[0]], out=buf[step.lo : step.hi])
+        else:
+            buf[step.lo : step.hi] = torch.mm(gathered, weight[step.offsets[0]])
+    return buf.index_select(0, _pair_of_row(plan))
+
+
+def _pair_of_row(plan: Plan) -> torch.Tensor:
+    """For an injective plan, the pair writing each destination row (cached on the plan)."""
+    if plan.pair_of_row is None:
+        object.__setattr__(plan, "pair_of_row", torch.argsort(plan.dst_idx))
+    return plan.pair_of_row
 
 
 def forward(
