@@ -9,7 +9,7 @@ from sparseconv.train import Trainer, load_config
 def test_reduced_minkunet_overfits_real_sequence_00(kitti_root, tmp_path):
     cfg = load_config(None, [
         "dataset=semantickitti", f"data_root={kitti_root}", "train_split=train", "val_split=train",
-        f"out={tmp_path}", "width=0.25", "voxel_size=0.1", "steps=130", "batch_size=1",
+        f"out={tmp_path}", "width=0.25", "voxel_size=0.1", "steps=200", "batch_size=1",
         "optimizer=adamw", "lr=0.01", "warmup_steps=10", "augment=false", "lovasz_weight=1.0",
         "checkpoint_every=0", "device=cpu",
     ])  # fmt: skip
