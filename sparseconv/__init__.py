@@ -5,7 +5,7 @@ x = sc.SparseTensor(feats, coords)            # coords int32 [N, 4] = (batch, x,
 y = sc.nn.Conv3d(4, 32, kernel_size=3)(x)
 """
 
-from sparseconv import functional, maps, nn, prune
+from sparseconv import functional, maps, models, nn, prune
 from sparseconv.tensor import SparseTensor, sparse_collate
 from sparseconv.voxelize import devoxelize, voxelize
 
@@ -16,6 +16,7 @@ __all__ = [
     "devoxelize",
     "functional",
     "maps",
+    "models",
     "nn",
     "prune",
     "sparse_collate",

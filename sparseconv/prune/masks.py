@@ -119,11 +119,15 @@ def nm_prune(
     m: int = 4,
     importance: str | Importance = "l1",
     ignore: tuple[str, ...] = (),
+    keep_ends: bool = False,
 ) -> NMReport:
     """Keep ``n`` of every ``m`` consecutive input-channel weights of each Conv3d/Linear, in place.
 
     Layers whose input channels are not a multiple of ``m`` are skipped; the returned report
-    lists them with the reason, and a warning says how many were skipped.
+    lists them with the reason, and a warning says how many were skipped. ``keep_ends`` leaves
+    the first and last prunable layers (in registration order: a MinkUNet's stem conv and its
+    classifier) dense, as NVIDIA's ASP recipe does: a 4-feature input layer keeping 2 of its 4
+    inputs per filter loses half of what the network sees.
     """
     if not (isinstance(n, int) and isinstance(m, int)) or n < 1 or m < 1:
         raise ValueError(f"n and m must be positive ints, got n={n!r}, m={m!r}")
@@ -131,6 +135,11 @@ def nm_prune(
         raise ValueError(f"n (weights kept per group) must be < m, got n={n}, m={m}")
     report = NMReport(n, m)
     weights = _selected(model, tuple(ignore))
+    if keep_ends and weights:
+        names = list(prunable_weights(model))
+        for end in {names[0], names[-1]} & weights.keys():
+            report.skipped[end] = "kept dense (keep_ends: first or last layer)"
+            del weights[end]
     scores = _weight_scores(model, importance)
     for name, w in weights.items():
         cin = w.shape[1]
@@ -140,9 +149,10 @@ def nm_prune(
         module = _module_of(model, name)
         set_mask(module, nm_mask(scores[name].to(w.device), n, m, axis=1), f"nm:{n}:{m}")
         report.pruned.append(name)
-    if report.skipped:
+    not_fitting = {k: v for k, v in report.skipped.items() if not v.startswith("kept dense")}
+    if not_fitting:
         warnings.warn(
-            f"{n}:{m} pruning skipped {len(report.skipped)} layers: {report.skipped}", stacklevel=2
+            f"{n}:{m} pruning skipped {len(not_fitting)} layers: {not_fitting}", stacklevel=2
         )
     return report
 

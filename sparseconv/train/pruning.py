@@ -35,6 +35,7 @@ class PruneSpec:
     round_to: int = 1
     n: int = 2
     m: int = 4
+    keep_ends: bool = False  # nm: first and last prunable layers stay dense
     sparsity: float = 0.5  # fine-grained
     label: str = field(default="")
 
@@ -45,7 +46,8 @@ class PruneSpec:
             self.label = {
                 "dense": "dense",
                 "channel": f"channel {self.importance} {self.ratio:g}",
-                "nm": f"{self.n}:{self.m} {self.importance}",
+                "nm": f"{self.n}:{self.m} {self.importance}"
+                + (" ends dense" if self.keep_ends else ""),
                 "fine": f"fine {self.importance} {self.sparsity:g}",
             }[self.method]
 
@@ -92,7 +94,7 @@ def apply(spec: PruneSpec, model: nn.Module, example) -> tuple[nn.Module, dict]:
             round_to=spec.round_to, inplace=True,
         )  # fmt: skip
     elif spec.method == "nm":
-        report = P.nm_prune(model, spec.n, spec.m, spec.importance)
+        report = P.nm_prune(model, spec.n, spec.m, spec.importance, keep_ends=spec.keep_ends)
         info["skipped"] = report.skipped
     elif spec.method == "fine":
         P.fine_grained_prune(model, spec.sparsity, spec.importance)
@@ -126,20 +128,22 @@ def first_batch(dataset: D.ScanDataset, device: torch.device) -> D.Batch:
 
 
 def parse_spec(text: str) -> PruneSpec:
-    """``dense``, ``channel:<importance>:<ratio>``, ``nm:<n>:<m>``, ``fine:<importance>:<sparsity>``."""
+    """``dense``, ``channel:<importance>:<ratio>``, ``nm:<n>:<m>[:ends]``,
+    ``fine:<importance>:<sparsity>`` (``ends``: first and last layers stay dense)."""
     parts = text.split(":")
     try:
         if parts[0] == "dense" and len(parts) == 1:
             return PruneSpec("dense")
         if parts[0] == "channel" and len(parts) == 3:
             return PruneSpec("channel", ratio=float(parts[2]), importance=parts[1])
-        if parts[0] == "nm" and len(parts) == 3:
-            return PruneSpec("nm", n=int(parts[1]), m=int(parts[2]), importance="l1")
+        if parts[0] == "nm" and (len(parts) == 3 or (len(parts) == 4 and parts[3] == "ends")):
+            n, m = int(parts[1]), int(parts[2])
+            return PruneSpec("nm", n=n, m=m, importance="l1", keep_ends=len(parts) == 4)
         if parts[0] == "fine" and len(parts) == 3:
             return PruneSpec("fine", sparsity=float(parts[2]), importance=parts[1])
     except ValueError:
         pass
     raise ValueError(
-        f"bad variant {text!r}: use dense, channel:<importance>:<ratio>, nm:<n>:<m> or "
+        f"bad variant {text!r}: use dense, channel:<importance>:<ratio>, nm:<n>:<m>[:ends] or "
         "fine:<importance>:<sparsity>"
     )

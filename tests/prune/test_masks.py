@@ -78,3 +78,22 @@ def test_fine_grained_layer_and_global(tmp_path):
         sc.prune.fine_grained_prune(net, 1.0)
     sc.prune.remove_mask(net.mix[0])
     assert not hasattr(net.mix[0], "weight_mask")
+
+
+def test_nm_keep_ends_leaves_first_and_last_layers_dense():
+    import warnings
+
+    from sparseconv.models import MinkUNet
+    from sparseconv.train.pruning import parse_spec
+
+    net = MinkUNet(4, 5, width=0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # kept-dense layers are a choice, not a warning
+        report = sc.prune.nm_prune(net, 2, 4, keep_ends=True)
+    assert set(report.skipped) == {"stem.0.0", "classifier"}
+    assert (net.stem[0][0].weight != 0).all() and (net.classifier.weight != 0).all()
+    assert "stem.1.0" in report.pruned
+    spec = parse_spec("nm:2:4:ends")
+    assert spec.keep_ends and spec.label == "2:4 l1 ends dense"
+    with pytest.raises(ValueError, match="bad variant"):
+        parse_spec("nm:2:4:middle")
