@@ -29,6 +29,7 @@ DEFAULT_SPECS = (
     TP.PruneSpec("channel", ratio=0.3, importance="uniform"),
     TP.PruneSpec("channel", ratio=0.3, importance="random"),
     TP.PruneSpec("nm", n=2, m=4, importance="l1"),
+    TP.PruneSpec("nm", n=2, m=4, importance="l1", keep_ends=True),
     TP.PruneSpec("fine", sparsity=0.5, importance="l1"),
 )
 

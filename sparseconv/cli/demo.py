@@ -35,7 +35,7 @@ DEMO_SETTINGS = {
     "checkpoint_every": 100,
 }
 # channel ratio 0.3 keeps 70 % of the channels: about 0.7^2 = 49 % of the MACs
-DEMO_PRUNE_VARIANTS = ("dense", "channel:l2:0.3", "nm:2:4")
+DEMO_PRUNE_VARIANTS = ("dense", "channel:l2:0.3", "nm:2:4:ends")
 DEMO_FINETUNE_STEPS = 20
 
 
