@@ -14,7 +14,7 @@ Cout tile) loops over that offset's pairs, so it needs no atomics and is determi
 import torch
 import triton
 import triton.language as tl
-from sparseconv.kernels.tiles import accumulate_gathered_dot, dot_precision
+from sparseconv.kernels.tiles import accumulate_gathered_dot, channel_tile, dot_precision
 
 
 @triton.jit
@@ -122,10 +122,6 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _tile(c: int) -> int:
-    return max(16, min(64, triton.next_power_of_2(c)))
-
-
 def gather_gemm_scatter(
     src: torch.Tensor,
     weight: torch.Tensor,
@@ -143,7 +139,7 @@ def gather_gemm_scatter(
     blk_k, blk_s, blk_e = blocks
     if blk_k.numel() == 0:
         return dst
-    bn, bk = _tile(c_out), _tile(c_in)
+    bn, bk = channel_tile(c_out), channel_tile(c_in)
     grid = (blk_k.numel(), triton.cdiv(c_out, bn))
     _gather_gemm_scatter_kernel[grid](
         src.contiguous(), weight, dst, src_idx, dst_idx, blk_k, blk_s, blk_e,
@@ -165,13 +161,13 @@ def weight_grad(
     host to size the launch; ``ptr_on_device`` is the same pointer already on ``x``'s device."""
     n_k = ptr.numel() - 1
     c_in, c_out = x.shape[1], dy.shape[1]
-    dw = torch.zeros((n_k, c_in, c_out), dtype=_acc_dtype(x.dtype), device=x.device)
     if n_k == 0:
-        return dw
-    bi, bo = _tile(c_in), _tile(c_out)
+        return torch.zeros((0, c_in, c_out), dtype=_acc_dtype(x.dtype), device=x.device)
+    bi, bo = channel_tile(c_in), channel_tile(c_out)
     tiles = triton.cdiv(c_in, bi) * triton.cdiv(c_out, bo)
     split, chunk = _split_reduction(ptr, n_k * tiles, x.device)
-    part = dw if split == 1 else dw.new_empty((split * n_k, c_in, c_out))
+    # every program stores its whole tile (zeros for an empty pair range): no fill needed
+    part = torch.empty((split * n_k, c_in, c_out), dtype=_acc_dtype(x.dtype), device=x.device)
     grid = (split * n_k, triton.cdiv(c_in, bi), triton.cdiv(c_out, bo))
     _weight_grad_kernel[grid](
         x.contiguous(), dy.contiguous(), part, in_idx, out_idx,
@@ -180,7 +176,7 @@ def weight_grad(
         BP=32, BI=bi, BO=bo, ACC64=x.dtype == torch.float64, PRECISION=dot_precision(),
     )  # fmt: skip
     # a fixed-order sum of the per-split partials keeps the gradient deterministic (no atomics)
-    return dw if split == 1 else part.view(split, n_k, c_in, c_out).sum(0)
+    return part if split == 1 else part.view(split, n_k, c_in, c_out).sum(0)
 
 
 def _split_reduction(ptr: torch.Tensor, programs: int, device: torch.device) -> tuple[int, int]:

@@ -16,7 +16,7 @@ map's ``nbmap`` with ``W^T``. Reference: ``sparseconv.functional.dataflow_torch.
 import torch
 import triton
 import triton.language as tl
-from sparseconv.kernels.tiles import accumulate_gathered_dot, dot_precision
+from sparseconv.kernels.tiles import accumulate_gathered_dot, channel_tile, dot_precision
 
 
 @triton.jit
@@ -49,10 +49,6 @@ def _implicit_gemm_kernel(
         acc,
         mask=rmask[:, None] & nmask[None, :],
     )
-
-
-def _tile(c: int) -> int:
-    return max(16, min(64, triton.next_power_of_2(c)))
 
 
 def neighbour_mask_order(nbmap: torch.Tensor) -> torch.Tensor:
@@ -88,7 +84,7 @@ def implicit_gemm(
         return dst
     if row_order is None:
         row_order = torch.arange(n_dst, device=src.device)
-    bn, bk = _tile(c_out), _tile(c_in)
+    bn, bk = channel_tile(c_out), channel_tile(c_in)
     grid = (triton.cdiv(n_dst, bm), triton.cdiv(c_out, bn))
     _implicit_gemm_kernel[grid](
         src.contiguous(), weight, dst, nbmap.contiguous(), row_order,

@@ -1,4 +1,4 @@
-"""Tile routine shared by the conv kernels: gathered input rows times one offset's weight tile."""
+"""Shared by the conv kernels: the gathered-rows-times-weight routine, tile size, precision."""
 
 import torch
 import triton
@@ -14,6 +14,11 @@ def dot_precision() -> str:
     opted into tf32 for the whole model.
     """
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def channel_tile(c: int) -> int:
+    """Tile width for a channel axis of ``c``: a power of two in [16, 64] (``tl.dot`` needs 16)."""
+    return max(16, min(64, triton.next_power_of_2(c)))
 
 
 @triton.jit

@@ -17,8 +17,9 @@ class SparseTensor:
 
     Coordinates are in voxel units of the input grid: a tensor at stride 4 keeps coordinates that
     are multiples of 4 (TorchSparse/MinkowskiEngine convention). Coordinates must be unique and in
-    the packable range; the constructor checks that (through the hash table it builds anyway, so the check is almost free)
-    unless ``check=False`` is given by code that guarantees it, such as a conv producing outputs.
+    the packable range; the constructor checks that (uniqueness through the hash table it builds
+    anyway, so that check is almost free) unless ``check=False`` is given by code that guarantees
+    it, such as a conv producing outputs.
     ``cache`` is shared by every tensor derived from this one, so layers reuse kernel maps.
     """
 

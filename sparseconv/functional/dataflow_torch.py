@@ -45,37 +45,45 @@ class Plan:
     dst_idx: torch.Tensor
     n_dst: int
     identity_offset: int | None
-    # every destination row receives exactly one pair (a transposed k == s conv, or the input
-    # gradient of a strided k == s conv): rows are written once, no zero fill, no scatter-add
-    injective: bool = False
-    pair_of_row: torch.Tensor | None = None  # injective plans: argsort of dst_idx, built lazily
+    # set when every destination row receives exactly one pair (a transposed k == s conv, or the
+    # input gradient of a strided k == s conv): the pair writing each row, so rows are written
+    # once, with no zero fill and no scatter-add
+    pair_of_row: torch.Tensor | None = None
+
+    @property
+    def injective(self) -> bool:
+        return self.pair_of_row is not None
 
 
 def _plan(kmap: KernelMap, reverse: bool, max_waste: float) -> Plan:
     """The cached plan of ``kmap`` read forward (in -> out) or in reverse (out -> in)."""
-    key = ("torch_groups", reverse, max_waste)
-    if key not in kmap.plans:
-        src_idx, dst_idx = (kmap.out_idx, kmap.in_idx) if reverse else (kmap.in_idx, kmap.out_idx)
-        n_dst = kmap.n_in if reverse else kmap.n_out
-        ptr = kmap.offset_ptr.tolist()
-        ident = kmap.kernel_volume // 2 if kmap.submanifold else None
-        sizes = [ptr[k + 1] - ptr[k] for k in range(len(ptr) - 1)]
-        injective = ident is None and _one_pair_per_row(dst_idx, n_dst)
-        steps = []
-        # an injective plan writes each offset's rows directly: one step per offset, no padding
-        groups = (
-            [[k] for k, n in enumerate(sizes) if n > 0]
-            if injective
-            else plan_groups(sizes, max_waste, skip=ident)
-        )
-        for group in groups:
-            if len(group) == 1:
-                steps.append(GroupStep(group, ptr[group[0]], ptr[group[0] + 1]))
-            else:
-                s_pad, d_pad = _padded_group(group, ptr, src_idx, dst_idx, n_dst)
-                steps.append(GroupStep(group, src_idx=s_pad, dst_idx=d_pad))
-        kmap.plans[key] = Plan(steps, src_idx, dst_idx, n_dst, ident, injective)
-    return kmap.plans[key]
+    return kmap.plan(
+        ("torch_groups", reverse, max_waste), lambda: _build_plan(kmap, reverse, max_waste)
+    )
+
+
+def _build_plan(kmap: KernelMap, reverse: bool, max_waste: float) -> Plan:
+    src_idx, dst_idx = (kmap.out_idx, kmap.in_idx) if reverse else (kmap.in_idx, kmap.out_idx)
+    n_dst = kmap.n_in if reverse else kmap.n_out
+    ptr = kmap.offset_ptr.tolist()
+    ident = kmap.kernel_volume // 2 if kmap.submanifold else None
+    sizes = [ptr[k + 1] - ptr[k] for k in range(len(ptr) - 1)]
+    injective = ident is None and _one_pair_per_row(dst_idx, n_dst)
+    steps = []
+    # an injective plan writes each offset's rows directly: one step per offset, no padding
+    groups = (
+        [[k] for k, n in enumerate(sizes) if n > 0]
+        if injective
+        else plan_groups(sizes, max_waste, skip=ident)
+    )
+    for group in groups:
+        if len(group) == 1:
+            steps.append(GroupStep(group, ptr[group[0]], ptr[group[0] + 1]))
+        else:
+            s_pad, d_pad = _padded_group(group, ptr, src_idx, dst_idx, n_dst)
+            steps.append(GroupStep(group, src_idx=s_pad, dst_idx=d_pad))
+    pair_of_row = torch.argsort(dst_idx) if injective else None
+    return Plan(steps, src_idx, dst_idx, n_dst, ident, pair_of_row)
 
 
 def _one_pair_per_row(dst_idx: torch.Tensor, n_dst: int) -> bool:
@@ -136,14 +144,7 @@ def _gather_gemm_store(src: torch.Tensor, weight: torch.Tensor, plan: Plan, acc)
             torch.mm(gathered, weight[step.offsets[0]], out=buf[step.lo : step.hi])
         else:
             buf[step.lo : step.hi] = torch.mm(gathered, weight[step.offsets[0]])
-    return buf.index_select(0, _pair_of_row(plan))
-
-
-def _pair_of_row(plan: Plan) -> torch.Tensor:
-    """For an injective plan, the pair writing each destination row (cached on the plan)."""
-    if plan.pair_of_row is None:
-        object.__setattr__(plan, "pair_of_row", torch.argsort(plan.dst_idx))
-    return plan.pair_of_row
+    return buf.index_select(0, plan.pair_of_row)
 
 
 def forward(

@@ -3,8 +3,9 @@
 ``triton_gather_scatter`` accumulates with atomics (fast, order-dependent rounding);
 ``triton_implicit_gemm`` is output-stationary over ``nbmap`` and deterministic. Both use the
 deterministic per-offset weight-gradient kernel. On CPU tensors they only run under
-``TRITON_INTERPRET=1`` (tests). On CUDA, a float32 ``tl.dot`` runs at Triton's default input
-precision (tf32 on tensor-core GPUs, relative error near 3e-4); see docs/conventions.md.
+``TRITON_INTERPRET=1`` (tests). A float32 ``tl.dot`` follows PyTorch's tf32 switch
+(``sparseconv.kernels.tiles.dot_precision``); see docs/conventions.md. Index layouts the kernels
+need (pair blocks, row orders, the transposed map) are built once per map in ``kmap.plans``.
 """
 
 from __future__ import annotations
@@ -15,22 +16,20 @@ from sparseconv.maps.kernel_map import KernelMap
 
 
 def _transposed_view(kmap: KernelMap) -> KernelMap:
-    """Map with inputs and outputs swapped (cached on the map: the backward pass reuses it)."""
-    cached = getattr(kmap, "_transposed_cache", None)
-    if cached is None:
-        placeholder = torch.empty((kmap.n_in, 4), dtype=torch.int32, device=kmap.device)
-        cached = kmap.transposed(placeholder)
-        kmap._transposed_cache = cached  # type: ignore[attr-defined]
-    return cached
+    """Map with inputs and outputs swapped (the backward pass of every layer reuses it)."""
+
+    def build() -> KernelMap:
+        # only the pairs and sizes matter here: the coordinates are never read
+        return kmap.transposed(torch.empty((kmap.n_in, 4), dtype=torch.int32, device=kmap.device))
+
+    return kmap.plan("transposed", build)
 
 
 def _blocks(kmap: KernelMap):
-    """Per-program (offset, start, end) of the pair blocks, built once per map."""
-    if "gs_blocks" not in kmap.plans:
-        from sparseconv.kernels.gather_scatter import BM, pair_blocks
+    """Per-program (offset, start, end) of the pair blocks of the gather-scatter kernel."""
+    from sparseconv.kernels.gather_scatter import BM, pair_blocks
 
-        kmap.plans["gs_blocks"] = pair_blocks(kmap.offset_ptr, BM, kmap.device)
-    return kmap.plans["gs_blocks"]
+    return kmap.plan("gs_blocks", lambda: pair_blocks(kmap.offset_ptr, BM, kmap.device))
 
 
 def gs_forward(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
@@ -49,19 +48,16 @@ def gs_backward_input(dy: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -
 def backward_weight(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     from sparseconv.kernels.gather_scatter import weight_grad
 
-    if "ptr_on_device" not in kmap.plans:  # a pageable host-to-device copy blocks the host
-        kmap.plans["ptr_on_device"] = kmap.offset_ptr.to(x.device)
-    ptrs = (kmap.offset_ptr, kmap.plans["ptr_on_device"])
-    return weight_grad(x, dy.contiguous(), kmap.in_idx, kmap.out_idx, *ptrs)
+    # kept on the device: a pageable host-to-device copy per call blocks the host
+    ptr_dev = kmap.plan("ptr_on_device", lambda: kmap.offset_ptr.to(x.device))
+    return weight_grad(x, dy.contiguous(), kmap.in_idx, kmap.out_idx, kmap.offset_ptr, ptr_dev)
 
 
 def _row_order(kmap: KernelMap) -> torch.Tensor:
-    """Output rows sorted by neighbour mask, built once per map (implicit GEMM skips offsets)."""
-    if "ig_row_order" not in kmap.plans:
-        from sparseconv.kernels.implicit_gemm import neighbour_mask_order
+    """Output rows sorted by neighbour mask (the implicit GEMM's tiles skip absent offsets)."""
+    from sparseconv.kernels.implicit_gemm import neighbour_mask_order
 
-        kmap.plans["ig_row_order"] = neighbour_mask_order(kmap.nbmap)
-    return kmap.plans["ig_row_order"]
+    return kmap.plan("ig_row_order", lambda: neighbour_mask_order(kmap.nbmap))
 
 
 def ig_forward(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:

@@ -17,7 +17,9 @@ swapped, so only half of the offsets are searched and the centre offset is the i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,6 +36,16 @@ class KernelMap:
     _nbmap: torch.Tensor | None = field(default=None, repr=False)
     # derived index layouts that dataflows build once per map (e.g. padded offset groups)
     plans: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def plan(self, key: object, build: Callable[[], Any]) -> Any:
+        """The layout stored under ``key`` in ``plans``, built by ``build()`` on first use.
+
+        Dataflows derive index layouts from a map (padded groups, pair blocks, row orders); a map
+        serves every layer of a stage and the backward pass, so each is built once.
+        """
+        if key not in self.plans:
+            self.plans[key] = build()
+        return self.plans[key]
 
     @property
     def kernel_volume(self) -> int:

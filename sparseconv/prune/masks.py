@@ -141,19 +141,18 @@ def nm_prune(
             report.skipped[end] = "kept dense (keep_ends: first or last layer)"
             del weights[end]
     scores = _weight_scores(model, importance)
+    unfit = {}
     for name, w in weights.items():
         cin = w.shape[1]
         if cin % m:
-            report.skipped[name] = f"input channels {cin} not a multiple of {m}"
+            unfit[name] = f"input channels {cin} not a multiple of {m}"
             continue
         module = _module_of(model, name)
         set_mask(module, nm_mask(scores[name].to(w.device), n, m, axis=1), f"nm:{n}:{m}")
         report.pruned.append(name)
-    not_fitting = {k: v for k, v in report.skipped.items() if not v.startswith("kept dense")}
-    if not_fitting:
-        warnings.warn(
-            f"{n}:{m} pruning skipped {len(not_fitting)} layers: {not_fitting}", stacklevel=2
-        )
+    report.skipped.update(unfit)
+    if unfit:
+        warnings.warn(f"{n}:{m} pruning skipped {len(unfit)} layers: {unfit}", stacklevel=2)
     return report
 
 
