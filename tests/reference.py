@@ -14,6 +14,12 @@ TRITON_DEVICE = "cuda" if CUDA else "cpu"
 DEVICES = ["cpu", "cuda"] if CUDA else ["cpu"]
 
 
+def assert_same_map(a, b) -> None:
+    """Two kernel maps are identical (any devices): pairs, offset pointer and output coordinates."""
+    for name in ("in_idx", "out_idx", "offset_ptr", "out_coords"):
+        assert torch.equal(getattr(a, name).cpu(), getattr(b, name).cpu()), name
+
+
 def random_coords(
     n: int, extent: int = 8, batches: int = 2, seed: int = 0, stride: int = 1
 ) -> torch.Tensor:

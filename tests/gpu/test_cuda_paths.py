@@ -3,7 +3,7 @@ half precision and a training step with AMP. Skipped without a GPU (see tests/co
 
 import pytest
 import torch
-from reference import random_coords
+from reference import assert_same_map, random_coords
 
 import sparseconv as sc
 from sparseconv.functional import conv3d
@@ -22,15 +22,10 @@ MAP_CASES = [
 FLOWS = ["torch", "triton_gather_scatter", "triton_implicit_gemm"]
 
 
-def _same_map(a, b):
-    for name in ("in_idx", "out_idx", "offset_ptr", "out_coords"):
-        assert torch.equal(getattr(a, name).cpu(), getattr(b, name).cpu()), name
-
-
 @pytest.mark.parametrize("case", MAP_CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
 def test_cuda_hash_maps_equal_cpu_maps(case):
     coords = random_coords(400, extent=12, seed=len(str(case)))
-    _same_map(
+    assert_same_map(
         build_kernel_map(coords.cuda(), method="hash", **case), build_kernel_map(coords, **case)
     )
 
@@ -40,7 +35,7 @@ def test_cuda_maps_on_real_scan(real_scan_points):
     for kwargs in (dict(kernel_size=3), dict(kernel_size=2, stride=2)):
         cpu = build_kernel_map(x.coords, **kwargs)
         for method in ("hash", "mergesort"):
-            _same_map(build_kernel_map(x.coords.cuda(), method=method, **kwargs), cpu)
+            assert_same_map(build_kernel_map(x.coords.cuda(), method=method, **kwargs), cpu)
 
 
 def _scan_case(points, c, layer, device="cpu"):

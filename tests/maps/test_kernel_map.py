@@ -1,9 +1,9 @@
 import pytest
 import torch
-from reference import brute_force_pairs, random_coords
+from reference import assert_same_map, brute_force_pairs, random_coords
 
 from sparseconv.maps import build_kernel_map
-from sparseconv.maps.offsets import kernel_offsets, scaled_offsets
+from sparseconv.maps.offsets import as_triple, kernel_offsets, scaled_offsets
 
 CASES = [
     dict(kernel_size=k, stride=s, dilation=d, downsample_mode=m)
@@ -19,18 +19,20 @@ def _pairs_by_offset(km):
     return [sorted(zip(*(t.tolist() for t in km.pairs(k)))) for k in range(km.kernel_volume)]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
-def test_map_equals_brute_force_and_mappers_agree(case):
-    coords = random_coords(150, extent=10, seed=hash(str(case)) % 1000)
+def _mappers_agree(coords, case):
+    """The hash and merge-sort maps of ``case`` (identical), and the brute-force pairs."""
     km = build_kernel_map(coords, method="hash", **case)
-    km_ms = build_kernel_map(coords, method="mergesort", **case)
-    for name in ("in_idx", "out_idx", "offset_ptr", "out_coords"):
-        assert torch.equal(getattr(km, name), getattr(km_ms, name)), name
-    from sparseconv.maps.offsets import as_triple
-
+    assert_same_map(km, build_kernel_map(coords, method="mergesort", **case))
     ks, s, d = (as_triple(case[n], n) for n in ("kernel_size", "stride", "dilation"))
     offs = kernel_offsets(ks, centred=s == (1, 1, 1))
     ref = brute_force_pairs(coords, km.out_coords, scaled_offsets(offs, d, (1, 1, 1)).tolist())
+    return km, ref, (ks, s, d)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_map_equals_brute_force_and_mappers_agree(case):
+    coords = random_coords(150, extent=10, seed=hash(str(case)) % 1000)
+    km, ref, (ks, s, d) = _mappers_agree(coords, case)
     assert _pairs_by_offset(km) == ref
     # every output has an input, except minkowski cells that a kernel smaller than the stride
     # cannot reach (MinkowskiEngine keeps those as zero outputs too)
@@ -124,24 +126,12 @@ def test_mergesort_in_key_order_and_shuffled(case, order):
     perm = torch.argsort(keys.pack(coords))
     if order == "shuffled":
         perm = torch.randperm(len(coords), generator=torch.Generator().manual_seed(1))
-    coords = coords[perm]
-    km = build_kernel_map(coords, method="hash", **case)
-    km_ms = build_kernel_map(coords, method="mergesort", **case)
-    for name in ("in_idx", "out_idx", "offset_ptr", "out_coords"):
-        assert torch.equal(getattr(km, name), getattr(km_ms, name)), name
-    from sparseconv.maps.offsets import as_triple
-
-    ks, s, d = (as_triple(case[n], n) for n in ("kernel_size", "stride", "dilation"))
-    offs = kernel_offsets(ks, centred=s == (1, 1, 1))
-    ref = brute_force_pairs(coords, km.out_coords, scaled_offsets(offs, d, (1, 1, 1)).tolist())
+    km, ref, _ = _mappers_agree(coords[perm], case)
     assert _pairs_by_offset(km) == [sorted(r) for r in ref]
 
 
 def test_auto_method_is_mergesort_on_cpu_and_bad_names_are_refused():
     coords = random_coords(200, extent=10, seed=3)
-    auto = build_kernel_map(coords, 3)
-    ms = build_kernel_map(coords, 3, method="mergesort")
-    for name in ("in_idx", "out_idx", "offset_ptr", "out_coords"):
-        assert torch.equal(getattr(auto, name), getattr(ms, name)), name
+    assert_same_map(build_kernel_map(coords, 3), build_kernel_map(coords, 3, method="mergesort"))
     with pytest.raises(ValueError, match="method must be 'auto' or one of"):
         build_kernel_map(coords, 3, method="octree")
