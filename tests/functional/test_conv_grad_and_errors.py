@@ -145,3 +145,36 @@ def test_one_pair_per_row_plans_write_rows_directly():
         i, j = km.pairs(k)
         ref.index_add_(0, j, down.feats[i] @ w[k])
     torch.testing.assert_close(dt.forward(down.feats, w, km), ref)
+
+
+@pytest.mark.parametrize("case", ["subm", "down", "up"])
+def test_cpu_row_blocks_give_the_whole_step_results(monkeypatch, case):
+    """Blocks of 7 rows (so every step, group and the identity offset spans several blocks)."""
+    from sparseconv.functional import dataflow_torch as dt
+
+    coords = random_coords(300, extent=10, seed=23)
+    x = sc.SparseTensor(torch.randn(len(coords), 5, dtype=torch.float64), coords)
+    km = build_kernel_map(coords, 3, 1 if case == "subm" else 2)
+    if case == "up":
+        down = conv3d(x, torch.randn(8, 5, 5, dtype=torch.float64), kernel_size=2, stride=2)
+        km = build_kernel_map(down.coords, 2, 2, tensor_stride=2, transposed=True, cache=down.cache)
+        x = down
+    w = torch.randn(km.kernel_volume, 5, 4, dtype=torch.float64)
+    dy = torch.randn(km.n_out, 4, dtype=torch.float64)
+
+    def run():
+        km.plans.clear()
+        return (
+            dt.forward(x.feats, w, km),
+            dt.backward_input(dy, w, km),
+            dt.backward_weight(x.feats, dy, km),
+        )
+
+    monkeypatch.setattr(dt, "_block_rows", lambda src, c_out: None)
+    whole = run()
+    monkeypatch.undo()
+    monkeypatch.setattr(dt, "CPU_BLOCK_BYTES", 7 * 8 * 5)
+    monkeypatch.setattr(dt, "MIN_BLOCK_ROWS", 1)
+    assert dt._block_rows(x.feats, 4) == 7
+    for a, b in zip(run(), whole):
+        torch.testing.assert_close(a, b)
