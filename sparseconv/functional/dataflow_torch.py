@@ -128,19 +128,27 @@ class _Blocks:
         self.src, self.c_out, self.rows = src, c_out, rows
         self.gathered = self.products = src.new_empty((0, 0))
 
-    def product(self, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """``src[idx] @ w`` with ``idx`` ``[n]`` (``w`` 2-D) or ``[G, n]`` (``w`` ``[G, ...]``)."""
+    def product(
+        self, idx: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``src[idx] @ w`` with ``idx`` ``[n]`` (``w`` 2-D) or ``[G, n]`` (``w`` ``[G, ...]``).
+
+        Written into ``out`` when given (2-D ``w`` and an input dtype equal to ``out``'s only).
+        """
         mm = torch.mm if w.dim() == 2 else torch.bmm
         if self.rows is None:
             gathered = self.src.index_select(0, idx.reshape(-1))
-            return mm(gathered.view(*idx.shape, self.src.shape[1]), w)
+            gathered = gathered.view(*idx.shape, self.src.shape[1])
+            return mm(gathered, w) if out is None else mm(gathered, w, out=out)
         n = idx.numel()
         if n > self.gathered.shape[0]:  # a group of G offsets takes at least G rows
             self.gathered = self.src.new_empty((max(n, self.rows), self.src.shape[1]))
             self.products = self.src.new_empty((max(n, self.rows), self.c_out))
         torch.index_select(self.src, 0, idx.reshape(-1), out=self.gathered[:n])
         gathered = self.gathered[:n].view(*idx.shape, self.src.shape[1])
-        return mm(gathered, w, out=self.products[:n].view(*idx.shape, self.c_out))
+        return mm(
+            gathered, w, out=self.products[:n].view(*idx.shape, self.c_out) if out is None else out
+        )
 
 
 def _step_blocks(step: GroupStep, plan: Plan, rows: int | None):
@@ -204,7 +212,11 @@ def _gather_gemm_store(blocks: _Blocks, weight: torch.Tensor, plan: Plan, acc) -
     for step in plan.steps:  # single-offset steps only (the plan is built with no grouping)
         w, lo = weight[step.offsets[0]], step.lo
         for src_idx, _ in _step_blocks(step, plan, blocks.rows):
-            buf[lo : lo + len(src_idx)] = blocks.product(src_idx, w)
+            rows = buf[lo : lo + len(src_idx)]
+            if buf.dtype == src.dtype:
+                blocks.product(src_idx, w, out=rows)
+            else:
+                rows.copy_(blocks.product(src_idx, w))
             lo += len(src_idx)
     return buf.index_select(0, plan.pair_of_row)
 
