@@ -36,9 +36,9 @@ def add_parser(sub) -> None:
     pr.add_argument("--run", type=Path, required=True, help="run folder of `sparseconv train`/demo")
     pr.add_argument(
         "--variants", nargs="*", default=None,
-        help="dense, channel:<importance>:<ratio>, nm:<n>:<m>[:ends], fine:<importance>:<sparsity> "
-        "(default: dense, channel l2 0.3/0.5, uniform 0.3, random 0.3, 2:4, 2:4 ends dense, "
-        "fine 0.5)",
+        help="dense, channel:<importance>:<ratio>[:<round_to>], nm:<n>:<m>[:ends], fine:<importance>:<sparsity> "
+        "(default: dense, channel l2 0.3/0.5, l2 0.4 round 8, uniform 0.3, random 0.3, 2:4, "
+        "2:4 ends dense, fine 0.5)",
     )  # fmt: skip
     pr.add_argument("--finetune-steps", type=int, default=100, help="per variant, at lr/10")
     for q in (m, c, pr):

@@ -1,6 +1,6 @@
 """``sparseconv prune``: prune a trained run, fine-tune it at 1/10 of its learning rate, save it.
 
-``--variant`` takes ``channel:<importance>:<ratio>``, ``nm:<n>:<m>[:ends]`` or
+``--variant`` takes ``channel:<importance>:<ratio>[:<round_to>]``, ``nm:<n>:<m>[:ends]`` or
 ``fine:<importance>:<sparsity>``. The result is written without pickle (``pruned.npz``, loadable
 with ``sparseconv.prune.load``) with ``prune.json`` (MACs, mIoU before and after fine-tuning).
 ``--sensitivity`` instead scans every prunable group at ratios 0.1..0.9 and plots the mIoU.

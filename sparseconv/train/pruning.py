@@ -45,7 +45,8 @@ class PruneSpec:
         if not self.label:
             self.label = {
                 "dense": "dense",
-                "channel": f"channel {self.importance} {self.ratio:g}",
+                "channel": f"channel {self.importance} {self.ratio:g}"
+                + (f" round {self.round_to}" if self.round_to > 1 else ""),
                 "nm": f"{self.n}:{self.m} {self.importance}"
                 + (" ends dense" if self.keep_ends else ""),
                 "fine": f"fine {self.importance} {self.sparsity:g}",
@@ -128,14 +129,20 @@ def first_batch(dataset: D.ScanDataset, device: torch.device) -> D.Batch:
 
 
 def parse_spec(text: str) -> PruneSpec:
-    """``dense``, ``channel:<importance>:<ratio>``, ``nm:<n>:<m>[:ends]``,
-    ``fine:<importance>:<sparsity>`` (``ends``: first and last layers stay dense)."""
+    """``dense``, ``channel:<importance>:<ratio>[:<round_to>]``, ``nm:<n>:<m>[:ends]``,
+    ``fine:<importance>:<sparsity>`` (``ends``: first and last layers stay dense; ``round_to``:
+    kept widths are multiples of it, e.g. 8 for whole SIMD vectors of float32)."""
     parts = text.split(":")
     try:
         if parts[0] == "dense" and len(parts) == 1:
             return PruneSpec("dense")
-        if parts[0] == "channel" and len(parts) == 3:
-            return PruneSpec("channel", ratio=float(parts[2]), importance=parts[1])
+        if parts[0] == "channel" and len(parts) in (3, 4):
+            round_to = int(parts[3]) if len(parts) == 4 else 1
+            if round_to < 1:
+                raise ValueError
+            return PruneSpec(
+                "channel", ratio=float(parts[2]), importance=parts[1], round_to=round_to
+            )
         if parts[0] == "nm" and (len(parts) == 3 or (len(parts) == 4 and parts[3] == "ends")):
             n, m = int(parts[1]), int(parts[2])
             return PruneSpec("nm", n=n, m=m, importance="l1", keep_ends=len(parts) == 4)
@@ -144,6 +151,7 @@ def parse_spec(text: str) -> PruneSpec:
     except ValueError:
         pass
     raise ValueError(
-        f"bad variant {text!r}: use dense, channel:<importance>:<ratio>, nm:<n>:<m>[:ends] or "
+        f"bad variant {text!r}: use dense, channel:<importance>:<ratio>[:<round_to>], "
+        "nm:<n>:<m>[:ends] or "
         "fine:<importance>:<sparsity>"
     )

@@ -83,7 +83,10 @@ def test_bench_prune_table_and_plot(tiny_run, tmp_path, capsys):
 
 def test_variant_parsing_errors():
     assert parse_spec("nm:2:4").n == 2
-    for bad in ("channel:l2", "nm:a:4", "what"):
+    spec = parse_spec("channel:l2:0.4:8")
+    assert (spec.ratio, spec.round_to, spec.label) == (0.4, 8, "channel l2 0.4 round 8")
+    assert parse_spec("channel:l2:0.4").round_to == 1
+    for bad in ("channel:l2", "channel:l2:0.4:0", "channel:l2:0.4:x", "nm:a:4", "what"):
         with pytest.raises(ValueError, match="bad variant"):
             parse_spec(bad)
     with pytest.raises(ValueError, match="method"):
