@@ -11,7 +11,8 @@ The padded index matrices of each group are built once per map and direction and
 ``kmap.plans`` (a map is reused by every layer of a stage and by the backward pass). Padding
 rows gather row 0 and scatter into one extra, discarded output row, so no boolean masking (and
 no host synchronisation) is needed per call. On CPU every step runs in cache-sized row blocks
-(``CPU_BLOCK_BYTES``) through reused buffers.
+(``CPU_BLOCK_BYTES``) through reused buffers, and layers with few channels sum each destination
+row's products with ``embedding_bag`` instead of scattering them (``output_blocks``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sparseconv.functional import output_blocks
 from sparseconv.functional.grouping import plan_groups
 from sparseconv.maps.kernel_map import KernelMap
 
@@ -221,16 +223,35 @@ def _gather_gemm_store(blocks: _Blocks, weight: torch.Tensor, plan: Plan, acc) -
     return buf.index_select(0, plan.pair_of_row)
 
 
+# At or below this many channels (the larger of Cin and Cout) the CPU path sums each destination
+# row's products with embedding_bag (output_blocks) instead of index_add_: 1.2x (C = 32) to
+# 1.9x (C = 8) faster per layer on the real scan; from C = 48 on the scatter-add path is level
+# or ahead, its GEMMs being larger.
+OUTPUT_BLOCKS_MAX_CHANNELS = 32
+
+
+def _run(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, reverse: bool, max_waste):
+    plan = _plan(kmap, reverse, max_waste)
+    if (
+        not plan.injective
+        and _block_rows(src, weight.shape[2]) is not None
+        and max(weight.shape[1], weight.shape[2]) <= OUTPUT_BLOCKS_MAX_CHANNELS
+    ):
+        pairs = output_blocks.block_pairs(weight.shape[1], weight.shape[2], src.element_size())
+        return output_blocks.gemm_sum(src, weight, output_blocks.plan(kmap, reverse, pairs))
+    return gather_gemm_scatter(src, weight, plan)
+
+
 def forward(
     x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, max_waste: float = 0.25
 ) -> torch.Tensor:
-    return gather_gemm_scatter(x, weight, _plan(kmap, False, max_waste))
+    return _run(x, weight, kmap, False, max_waste)
 
 
 def backward_input(
     dy: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, max_waste: float = 0.25
 ) -> torch.Tensor:
-    return gather_gemm_scatter(dy, weight.transpose(1, 2), _plan(kmap, True, max_waste))
+    return _run(dy, weight.transpose(1, 2), kmap, True, max_waste)
 
 
 def backward_weight(

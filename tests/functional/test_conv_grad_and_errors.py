@@ -152,6 +152,7 @@ def test_cpu_row_blocks_give_the_whole_step_results(monkeypatch, case):
     """Blocks of 7 rows (so every step, group and the identity offset spans several blocks)."""
     from sparseconv.functional import dataflow_torch as dt
 
+    _block_rows = dt._block_rows
     coords = random_coords(300, extent=10, seed=23)
     x = sc.SparseTensor(torch.randn(len(coords), 5, dtype=torch.float64), coords)
     km = build_kernel_map(coords, 3, 1 if case == "subm" else 2)
@@ -170,11 +171,50 @@ def test_cpu_row_blocks_give_the_whole_step_results(monkeypatch, case):
             dt.backward_weight(x.feats, dy, km),
         )
 
+    monkeypatch.setattr(dt, "OUTPUT_BLOCKS_MAX_CHANNELS", 0)  # the scatter-add path
     monkeypatch.setattr(dt, "_block_rows", lambda src, c_out: None)
     whole = run()
-    monkeypatch.undo()
+    monkeypatch.setattr(dt, "_block_rows", _block_rows)
     monkeypatch.setattr(dt, "CPU_BLOCK_BYTES", 7 * 8 * 5)
     monkeypatch.setattr(dt, "MIN_BLOCK_ROWS", 1)
     assert dt._block_rows(x.feats, 4) == 7
     for a, b in zip(run(), whole):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("case", ["subm", "down k3s2", "down k1s2", "no pairs"])
+def test_output_blocks_sum_the_pairs_the_scatter_add_path_does(monkeypatch, case):
+    """Per-row bag sums in blocks of about 10 pairs == index_add_ over whole steps, both ways.
+
+    ``down k1s2`` leaves output rows (and in reverse input rows) without any pair: they are 0.
+    """
+    from sparseconv.functional import dataflow_torch as dt
+    from sparseconv.functional import output_blocks
+
+    coords = random_coords(300, extent=10, seed=24)
+    k, s = {"subm": (3, 1), "down k3s2": (3, 2), "down k1s2": (1, 2), "no pairs": (1, 2)}[case]
+    km = build_kernel_map(coords, k, s)
+    if case == "no pairs":
+        km.in_idx, km.out_idx = km.in_idx[:0], km.out_idx[:0]
+        km.offset_ptr = torch.zeros_like(km.offset_ptr)
+    x = torch.randn(km.n_in, 5, dtype=torch.float64)
+    w = torch.randn(km.kernel_volume, 5, 4, dtype=torch.float64)
+    dy = torch.randn(km.n_out, 4, dtype=torch.float64)
+
+    def run():
+        km.plans.clear()
+        return dt.forward(x, w, km), dt.backward_input(dy, w, km)
+
+    monkeypatch.setattr(dt, "OUTPUT_BLOCKS_MAX_CHANNELS", 0)
+    reference = run()
+    monkeypatch.setattr(dt, "OUTPUT_BLOCKS_MAX_CHANNELS", 32)
+    monkeypatch.setattr(output_blocks, "PAIRS_BYTES", 10 * 8 * 5)
+    monkeypatch.setattr(output_blocks, "MIN_BLOCK_PAIRS", 1)
+    blocked = run()
+    plan = output_blocks.plan(km, False, 10)
+    assert len(plan.blocks) > 1 or case == "no pairs"
+    assert sum(b.hi - b.lo for b in plan.blocks) == km.n_out
+    for a, b in zip(blocked, reference):
+        torch.testing.assert_close(a, b)
+    if case == "down k1s2":
+        assert (reference[0].abs().sum(1) == 0).any()  # rows with no pair are really there
