@@ -34,8 +34,9 @@ class OutputBlock:
 
     lo: int
     hi: int
-    src_idx: torch.Tensor  # source row of every pair, offset-major (a GEMM per segment)
-    segments: list[tuple[int, int, int]]  # (offset, start, end) into src_idx / the products
+    src_idx: torch.Tensor  # source row of every pair, offset-major (a GEMM per offset)
+    offsets: list[int]  # the offsets with pairs here, in src_idx order
+    sizes: list[int]  # their pair counts
     bag_idx: torch.Tensor  # product rows grouped by destination row, in row order
     bag_offsets: torch.Tensor  # where each destination row's bag starts in bag_idx
 
@@ -87,15 +88,14 @@ def _block(lo, hi, by_row, row_ptr, src_idx, offset, volume) -> OutputBlock:
     pairs = by_row[start:end]
     to_offset_major = torch.argsort(offset[pairs], stable=True)  # keeps row order per offset
     counts = torch.bincount(offset[pairs], minlength=volume).tolist()
-    segments, at = [], 0
-    for k, n in enumerate(counts):
-        if n:
-            segments.append((k, at, at + n))
-            at += n
+    offsets = [k for k, n in enumerate(counts) if n]
     bag_idx = torch.empty_like(to_offset_major)
     bag_idx[to_offset_major] = torch.arange(len(pairs))
     bag_offsets = row_ptr[lo:hi] - start
-    return OutputBlock(lo, hi, src_idx[pairs[to_offset_major]], segments, bag_idx, bag_offsets)
+    src_rows = src_idx[pairs[to_offset_major]]
+    return OutputBlock(
+        lo, hi, src_rows, offsets, [counts[k] for k in offsets], bag_idx, bag_offsets
+    )
 
 
 def gemm_sum(src: torch.Tensor, weight: torch.Tensor, plan: OutputPlan) -> torch.Tensor:
@@ -104,11 +104,15 @@ def gemm_sum(src: torch.Tensor, weight: torch.Tensor, plan: OutputPlan) -> torch
     out = src.new_empty((plan.n_dst, c_out))
     gathered = src.new_empty((plan.max_pairs, src.shape[1]))
     products = src.new_empty((plan.max_pairs, c_out))
+    per_offset = weight.unbind(0)
     for b in plan.blocks:
         n = len(b.src_idx)
         torch.index_select(src, 0, b.src_idx, out=gathered[:n])
-        for k, s, e in b.segments:
-            rows = src[b.lo : b.hi] if k == plan.identity_offset else gathered[s:e]
-            torch.mm(rows, weight[k], out=products[s:e])
+        for k, rows, part in zip(
+            b.offsets, gathered[:n].split(b.sizes), products[:n].split(b.sizes)
+        ):
+            if k == plan.identity_offset:
+                rows = src[b.lo : b.hi]
+            torch.mm(rows, per_offset[k], out=part)
         out[b.lo : b.hi] = F.embedding_bag(b.bag_idx, products[:n], b.bag_offsets, mode="sum")
     return out
