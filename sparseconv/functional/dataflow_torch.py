@@ -109,9 +109,9 @@ def _padded_group(group, ptr, src_idx, dst_idx, n_dst):
 
 # On CPU each step runs in blocks of rows (2 MiB of gathered inputs or products: one L2 per core
 # on the 2-core bench machine), through buffers reused across blocks. A whole-step gather of a
-# 100 k-voxel scan at C = 64 writes fresh tensors of tens of MB: their page faults cost more than
-# the copy, and the GEMM then streams them back from DRAM. Blocked, a C >= 32 layer runs 1.3-1.4x faster
-# (C = 16: 1.1x). CUDA keeps whole steps (one launch each).
+# 100 k-voxel scan at C = 64 writes fresh tensors of tens of MB: their page faults cost more
+# than the copy, and the GEMM then streams them back from DRAM. Blocked, a C >= 32 layer runs
+# 1.3-1.4x faster (C = 16: 1.1x). CUDA keeps whole steps (one launch each).
 CPU_BLOCK_BYTES = 2 << 20
 MIN_BLOCK_ROWS = 256
 
