@@ -81,6 +81,15 @@ def test_bench_prune_table_and_plot(tiny_run, tmp_path, capsys):
     assert "x cached" in capsys.readouterr().out
 
 
+def test_demo_and_bench_variants_parse():
+    from sparseconv.bench.prune import DEFAULT_SPECS
+    from sparseconv.cli.demo import DEMO_PRUNE_VARIANTS
+
+    labels = [parse_spec(v).label for v in DEMO_PRUNE_VARIANTS]
+    assert labels == ["dense", "channel l2 0.4 round 8", "2:4 l1 ends dense"]
+    assert "channel l2 0.4 round 8" in {s.label for s in DEFAULT_SPECS}
+
+
 def test_variant_parsing_errors():
     assert parse_spec("nm:2:4").n == 2
     spec = parse_spec("channel:l2:0.4:8")
