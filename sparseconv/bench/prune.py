@@ -57,8 +57,11 @@ def run(
     rounds: int = 7,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict:
-    loaded = TP.load_run(run_dir)
+    """Score, count and time ``specs`` on the run's held-out scan; ``device`` overrides the run's
+    own device setting (fine-tuning and timing both happen there)."""
+    loaded = TP.load_run(run_dir, [f"device={device}"] if device else None)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "prune_bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     example = TP.example_input(
@@ -98,6 +101,7 @@ def run(
         "finetune_steps": finetune_steps,
         "rows": rows,
         "out_dir": str(out_dir),
+        "device": loaded.device.type,
     }
 
 
@@ -112,9 +116,9 @@ def table_rows(rows: list[dict]) -> list[dict]:
             "mIoU pruned": f"{r['miou_pruned']:.1f}",
             "mIoU tuned": f"{r['miou_finetuned']:.1f}",
             "dmIoU": f"{r['delta_miou']:+.1f}",
-            "ms cached": f"{r['cached_ms']:.0f}",
+            "ms cached": f"{r['cached_ms']:.3g}",
             "x cached": f"{r['cached_speedup']:.2f}",
-            "ms e2e": f"{r['e2e_ms']:.0f}",
+            "ms e2e": f"{r['e2e_ms']:.3g}",
             "x e2e": f"{r['e2e_speedup']:.2f}",
         }
         for r in rows

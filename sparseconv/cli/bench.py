@@ -103,8 +103,8 @@ def run_prune_bench(args: argparse.Namespace) -> int:
     specs = [parse_spec(v) for v in args.variants] if args.variants else prune.DEFAULT_SPECS
     if specs[0].method != "dense":
         specs = [parse_spec("dense"), *specs]
-    payload = prune.run(args.run, specs, args.finetune_steps, args.rounds)
-    payload["environment"] = report.environment("cpu")
+    payload = prune.run(args.run, specs, args.finetune_steps, args.rounds, device=args.device)
+    payload["environment"] = report.environment(payload["device"])
     print(
         f"dense mIoU {payload['dense_miou']:.1f} % ({payload['dense_finetuned_miou']:.1f} % after the "
         f"same {args.finetune_steps} fine-tuning steps, the reference for dmIoU)"

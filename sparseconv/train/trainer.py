@@ -32,7 +32,10 @@ from sparseconv.train.schedule import warmup_cosine
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for, but this torch build sees no CUDA device")
+    return device
 
 
 def build_datasets(cfg: TrainConfig, progress: bool = True) -> tuple[D.ScanDataset, D.ScanDataset]:

@@ -79,6 +79,8 @@ def test_bench_prune_table_and_plot(tiny_run, tmp_path, capsys):
     assert rows[1]["macs_ratio"] < 0.5 and rows[2]["macs_ratio"] == 1.0
     assert (tiny_run / "prune_bench" / "prune_tradeoff.png").stat().st_size > 1000
     assert "x cached" in capsys.readouterr().out
+    # --device (default cpu) decides where it runs, whatever device the run was trained on
+    assert payload["device"] == payload["environment"]["device"] == "cpu"
 
 
 def test_demo_and_bench_variants_parse():

@@ -102,3 +102,12 @@ def test_class_weights_from_the_label_histogram(tiny_kitti, tmp_path):
     assert torch.isclose(w[car] / w[road], torch.tensor(2.0).sqrt()) and w.count_nonzero() == 2
     with pytest.raises(ValueError, match="class_weights"):
         _cfg(tiny_kitti, tmp_path / "w", "class_weights=inverse")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_asking_for_cuda_without_it_is_a_clear_error():
+    from sparseconv.train.trainer import pick_device
+
+    assert pick_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        pick_device("cuda")
