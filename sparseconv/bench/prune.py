@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sparseconv.bench.report import environment
 from sparseconv.bench.timing import interleaved, median, ratio
 from sparseconv.tensor import SparseTensor
 from sparseconv.train import pruning as TP
@@ -101,8 +102,13 @@ def run(
         "finetune_steps": finetune_steps,
         "rows": rows,
         "out_dir": str(out_dir),
-        "device": loaded.device.type,
+        "environment": environment(loaded.device.type),
     }
+
+
+def _ms(value: float) -> str:
+    """Three significant digits for GPU-scale times, whole milliseconds (never 1.2e+03) above."""
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
@@ -116,9 +122,9 @@ def table_rows(rows: list[dict]) -> list[dict]:
             "mIoU pruned": f"{r['miou_pruned']:.1f}",
             "mIoU tuned": f"{r['miou_finetuned']:.1f}",
             "dmIoU": f"{r['delta_miou']:+.1f}",
-            "ms cached": f"{r['cached_ms']:.3g}",
+            "ms cached": _ms(r["cached_ms"]),
             "x cached": f"{r['cached_speedup']:.2f}",
-            "ms e2e": f"{r['e2e_ms']:.3g}",
+            "ms e2e": _ms(r["e2e_ms"]),
             "x e2e": f"{r['e2e_speedup']:.2f}",
         }
         for r in rows

@@ -104,7 +104,6 @@ def run_prune_bench(args: argparse.Namespace) -> int:
     if specs[0].method != "dense":
         specs = [parse_spec("dense"), *specs]
     payload = prune.run(args.run, specs, args.finetune_steps, args.rounds, device=args.device)
-    payload["environment"] = report.environment(payload["device"])
     print(
         f"dense mIoU {payload['dense_miou']:.1f} % ({payload['dense_finetuned_miou']:.1f} % after the "
         f"same {args.finetune_steps} fine-tuning steps, the reference for dmIoU)"

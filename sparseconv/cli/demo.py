@@ -77,7 +77,6 @@ def prune_step(run_dir: Path) -> None:
 
     specs = [parse_spec(v) for v in DEMO_PRUNE_VARIANTS]
     payload = prune.run(run_dir, specs, DEMO_FINETUNE_STEPS, rounds=5)
-    payload["environment"] = report.environment(payload["device"])
     report.save_json(run_dir / "prune_bench" / "prune.json", payload)
     print(report.format_table(prune.table_rows(payload["rows"])))
     print(
