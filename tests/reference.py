@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 import torch.nn.functional as F
+from sparseconv.kernels import cpu_implicit_gemm as cpu_kernels
 
 CUDA = torch.cuda.is_available()
 # where the Triton kernels run: on CUDA when there is a GPU, else interpreted on CPU tensors
 TRITON_DEVICE = "cuda" if CUDA else "cpu"
 # where the torch dataflow and the maps are checked
 DEVICES = ["cpu", "cuda"] if CUDA else ["cpu"]
+# the C kernels of the cpu_implicit_gemm dataflow build wherever a C compiler is found
+# (test_cpu_kernels checks that they do); without one, their tests are skipped
+needs_cpu_kernels = pytest.mark.skipif(
+    not cpu_kernels.available(), reason=f"CPU kernels: {cpu_kernels.unavailable_reason()}"
+)
 
 
 def assert_same_map(a, b) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 import sparseconv as sc
 from sparseconv.bench import inputs, peers
 from sparseconv.bench.timing import Threads, gemm_reference, interleaved, median, ratio
-from sparseconv.functional.dataflows import DATAFLOWS, triton_available
+from sparseconv.functional.dataflows import DATAFLOWS
 from sparseconv.maps import build_kernel_map
 from sparseconv.nn.convert import to_spconv
 
@@ -87,13 +87,9 @@ def run(
         )
     name, path = next(iter(scans.items()))
     coords = inputs.load_scan_coords(path).to(device)
-    flows = [
-        f
-        for f in DATAFLOWS.values()
-        if not f.needs_triton
-        or (device.startswith("cuda") and triton_available(torch.device(device)))
-    ]
     tdtype = getattr(torch, dtype)
+    probe = torch.empty(0, 1, device=device, dtype=tdtype)
+    flows = [f for f in DATAFLOWS.values() if f.tunable(probe)]
     if device == "cpu" and tdtype == torch.float16:
         raise ValueError(
             "bench conv on CPU runs float32 or bfloat16 (CPU has no fast float16 GEMM)"

@@ -15,16 +15,6 @@ import torch
 from sparseconv.maps.kernel_map import KernelMap
 
 
-def _transposed_view(kmap: KernelMap) -> KernelMap:
-    """Map with inputs and outputs swapped (the backward pass of every layer reuses it)."""
-
-    def build() -> KernelMap:
-        # only the pairs and sizes matter here: the coordinates are never read
-        return kmap.transposed(torch.empty((kmap.n_in, 4), dtype=torch.int32, device=kmap.device))
-
-    return kmap.plan("transposed", build)
-
-
 def _blocks(kmap: KernelMap):
     """Per-program (offset, start, end) of the pair blocks of the gather-scatter kernel."""
     from sparseconv.kernels.gather_scatter import BM, pair_blocks
@@ -69,5 +59,5 @@ def ig_forward(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.
 def ig_backward_input(dy: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     from sparseconv.kernels.implicit_gemm import implicit_gemm
 
-    tmap = _transposed_view(kmap)
+    tmap = kmap.transposed_view()
     return implicit_gemm(dy, weight.transpose(1, 2), tmap.nbmap, _row_order(tmap))

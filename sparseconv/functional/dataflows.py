@@ -3,7 +3,8 @@
 A dataflow is three functions (forward, input gradient, weight gradient) over a ``KernelMap``.
 ``"auto"`` times every dataflow that can run on the device on the first call for a given map
 shape (the median of a few runs, forward only) and caches the winner; ``set_autotune(False)``
-turns tuning off (then ``torch`` is used on CPU and ``triton_implicit_gemm`` on CUDA).
+turns tuning off (then ``DEFAULTS`` decides: ``cpu_implicit_gemm`` on CPU where it can run,
+i.e. float32 with a C compiler, else ``torch``; ``triton_implicit_gemm`` on CUDA).
 ``deterministic=True`` restricts the choice to dataflows without atomics.
 """
 
@@ -16,9 +17,27 @@ from dataclasses import dataclass
 
 import torch
 
+from sparseconv.functional import dataflow_cpu as dc
 from sparseconv.functional import dataflow_torch as dt
 from sparseconv.functional import dataflow_triton as dtr
 from sparseconv.maps.kernel_map import KernelMap
+
+
+def triton_available(device: torch.device) -> bool:
+    """Triton kernels run on CUDA, and on CPU only under ``TRITON_INTERPRET=1``."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_unsupported(x: torch.Tensor) -> str:
+    if triton_available(x.device):
+        return ""
+    return f"it needs a CUDA device (or TRITON_INTERPRET=1 on CPU); got {x.device}"
+
+
+def _runs_anywhere(x: torch.Tensor) -> str:
+    return ""
 
 
 @dataclass(frozen=True)
@@ -29,10 +48,25 @@ class Dataflow:
     backward_weight: Callable[[torch.Tensor, torch.Tensor, KernelMap], torch.Tensor]
     deterministic: bool
     needs_triton: bool
+    # why it cannot run on these features ('' when it can)
+    unsupported: Callable[[torch.Tensor], str] = _runs_anywhere
+
+    def tunable(self, x: torch.Tensor) -> bool:
+        """Usable here and worth timing (interpreted Triton on CPU is for tests only)."""
+        return not self.unsupported(x) and (not self.needs_triton or x.device.type == "cuda")
 
 
 DATAFLOWS: dict[str, Dataflow] = {
     "torch": Dataflow("torch", dt.forward, dt.backward_input, dt.backward_weight, False, False),
+    "cpu_implicit_gemm": Dataflow(
+        "cpu_implicit_gemm",
+        dc.forward,
+        dc.backward_input,
+        dc.backward_weight,
+        True,
+        False,
+        dc.unsupported,
+    ),
     "triton_gather_scatter": Dataflow(
         "triton_gather_scatter",
         dtr.gs_forward,
@@ -40,6 +74,7 @@ DATAFLOWS: dict[str, Dataflow] = {
         dtr.backward_weight,
         False,
         True,
+        _triton_unsupported,
     ),
     "triton_implicit_gemm": Dataflow(
         "triton_implicit_gemm",
@@ -48,8 +83,11 @@ DATAFLOWS: dict[str, Dataflow] = {
         dtr.backward_weight,
         True,
         True,
+        _triton_unsupported,
     ),
 }
+# what runs when the autotuner is off, in order of preference (the first usable one)
+DEFAULTS = {"cuda": ["triton_implicit_gemm", "torch"], "cpu": ["cpu_implicit_gemm", "torch"]}
 
 _AUTOTUNE = {"enabled": True}
 _CHOICES: dict[tuple, str] = {}
@@ -61,50 +99,46 @@ def set_autotune(enabled: bool) -> None:
     _CHOICES.clear()
 
 
-def triton_available(device: torch.device) -> bool:
-    """Triton kernels run on CUDA, and on CPU only under ``TRITON_INTERPRET=1``."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def resolve(
     name: str, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, deterministic: bool
 ) -> Dataflow:
     """The dataflow to run: a named one (checked to be usable here) or the autotuner's pick."""
     if name != "auto":
-        if name not in DATAFLOWS:
-            raise ValueError(f"dataflow must be 'auto' or one of {sorted(DATAFLOWS)}, got {name!r}")
-        flow = DATAFLOWS[name]
-        if flow.needs_triton and not triton_available(x.device):
-            raise ValueError(
-                f"dataflow {name!r} needs a CUDA device (or TRITON_INTERPRET=1 on CPU); got {x.device}"
-            )
-        if deterministic and not flow.deterministic:
-            raise ValueError(
-                f"dataflow {name!r} uses atomics; deterministic=True needs triton_implicit_gemm or auto"
-            )
-        return flow
-    candidates = [
-        f
-        for f in DATAFLOWS.values()
-        if (not f.needs_triton or x.device.type == "cuda")
-        and (f.deterministic or not deterministic)
-    ]
-    if deterministic and x.device.type != "cuda":
-        candidates = [DATAFLOWS["triton_implicit_gemm"]] if triton_available(x.device) else []
+        return _named(name, x, deterministic)
+    candidates = [f for f in DATAFLOWS.values() if f.tunable(x)]
+    if deterministic:
+        candidates = [f for f in candidates if f.deterministic]
+        if not candidates and triton_available(x.device):  # interpreted: slow but correct
+            candidates = [DATAFLOWS["triton_implicit_gemm"]]
         if not candidates:
-            raise ValueError(
-                "deterministic=True needs triton_implicit_gemm: a CUDA device or TRITON_INTERPRET=1"
+            reasons = "; ".join(
+                f"{f.name}: {f.unsupported(x)}" for f in DATAFLOWS.values() if f.deterministic
             )
+            raise ValueError(f"deterministic=True has no usable dataflow here ({reasons})")
     if len(candidates) == 1 or not _AUTOTUNE["enabled"]:
-        default = "triton_implicit_gemm" if x.device.type == "cuda" else "torch"
-        return next((c for c in candidates if c.name == default), candidates[0])
+        by_name = {c.name: c for c in candidates}
+        preferred = DEFAULTS.get(x.device.type, ["torch"])
+        return next((by_name[n] for n in preferred if n in by_name), candidates[0])
     key = (x.device.type, x.dtype, x.shape[1], weight.shape[2], kmap.kernel_volume,
            kmap.submanifold, _bucket(kmap.n_in), _bucket(kmap.n_out), deterministic)  # fmt: skip
     if key not in _CHOICES:
         _CHOICES[key] = _fastest(candidates, x, weight, kmap)
     return DATAFLOWS[_CHOICES[key]]
+
+
+def _named(name: str, x: torch.Tensor, deterministic: bool) -> Dataflow:
+    if name not in DATAFLOWS:
+        raise ValueError(f"dataflow must be 'auto' or one of {sorted(DATAFLOWS)}, got {name!r}")
+    flow = DATAFLOWS[name]
+    reason = flow.unsupported(x)
+    if reason:
+        raise ValueError(f"dataflow {name!r} cannot run here: {reason}")
+    if deterministic and not flow.deterministic:
+        raise ValueError(
+            f"dataflow {name!r} uses atomics; deterministic=True needs an implicit-GEMM "
+            "dataflow or auto"
+        )
+    return flow
 
 
 def _bucket(n: int) -> int:

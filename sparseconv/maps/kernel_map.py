@@ -99,6 +99,19 @@ class KernelMap:
             offsets=list(self.offsets),
         )
 
+    def transposed_view(self) -> KernelMap:
+        """The transposed map for the input gradient, built once (``plans``); no coordinates.
+
+        The backward pass of every layer sharing this map reuses it; only its pairs, sizes and
+        ``nbmap`` are read, so its ``out_coords`` is an empty placeholder of the right length.
+        """
+
+        def build() -> KernelMap:
+            placeholder = torch.empty((self.n_in, 4), dtype=torch.int32, device=self.device)
+            return self.transposed(placeholder)
+
+        return self.plan("transposed", build)
+
     def to(self, device: torch.device | str) -> KernelMap:
         return KernelMap(
             self.in_idx.to(device),

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from reference import CUDA, DEVICES, TRITON_DEVICE, dense_conv, random_coords
+from reference import CUDA, DEVICES, TRITON_DEVICE, dense_conv, needs_cpu_kernels, random_coords
 
 import sparseconv as sc
 from sparseconv.functional import conv3d
@@ -114,6 +114,24 @@ def test_triton_transposed(dataflow):
         tol=1e-5,
         device=TRITON_DEVICE,
     )
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("k,s,d,mode", CASES)
+def test_cpu_implicit_gemm_matches_dense(k, s, d, mode):
+    coords = random_coords(80, extent=9, seed=k * 100 + s * 10 + d)
+    # 20 output channels: one full 16-wide register panel and a padded one
+    _check(coords, 3, 20, k, s, d, mode, "cpu_implicit_gemm", dtype=torch.float32, tol=1e-5)
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 2), (3, 3)])
+def test_cpu_implicit_gemm_transposed(k, s):
+    coarse = random_coords(40, extent=6, seed=k + s, stride=s)
+    _check(
+        coarse, 7, 3, k, s, 1, "minkowski", "cpu_implicit_gemm", transposed=True, ts=s,
+        dtype=torch.float32, tol=1e-5,
+    )  # fmt: skip
 
 
 def test_strided_then_transposed_round_trip_uses_cached_map():

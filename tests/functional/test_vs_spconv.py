@@ -6,6 +6,7 @@ single-threaded (see docs/conventions.md).
 
 import pytest
 import torch
+from reference import needs_cpu_kernels
 
 import sparseconv as sc
 from sparseconv.maps import keys as K
@@ -51,18 +52,26 @@ def _rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def test_submanifold_matches_spconv(scan, one_thread):
+# the two CPU dataflows (cpu_implicit_gemm needs a C compiler: skipped without one)
+FLOWS = ["torch", pytest.param("cpu_implicit_gemm", marks=needs_cpu_kernels)]
+
+
+@pytest.mark.parametrize("dataflow", FLOWS)
+def test_submanifold_matches_spconv(scan, one_thread, dataflow):
     torch.manual_seed(0)
     feats = torch.randn(len(scan), 8)
     conv = spconv.SubMConv3d(8, 16, 3, bias=False, indice_key="subm", **NATIVE)
     ref = conv(_spconv_tensor(feats, scan))
-    ours = sc.functional.conv3d(sc.SparseTensor(feats, scan), from_spconv(conv.weight.detach()))
+    ours = sc.functional.conv3d(
+        sc.SparseTensor(feats, scan), from_spconv(conv.weight.detach()), dataflow=dataflow
+    )
     assert torch.equal(ref.indices, scan)
     assert _rel_err(ours.feats, ref.features.detach()) <= 1e-4
 
 
+@pytest.mark.parametrize("dataflow", FLOWS)
 @pytest.mark.parametrize("k", [2, 3])
-def test_strided_and_inverse_match_spconv(scan, one_thread, k):
+def test_strided_and_inverse_match_spconv(scan, one_thread, k, dataflow):
     torch.manual_seed(1)
     feats = torch.randn(len(scan), 8)
     down = spconv.SparseConv3d(8, 16, k, stride=2, bias=False, indice_key="down", **NATIVE)
@@ -71,7 +80,12 @@ def test_strided_and_inverse_match_spconv(scan, one_thread, k):
     ref_up = up(ref_down)
     x = sc.SparseTensor(feats, scan)
     y = sc.functional.conv3d(
-        x, from_spconv(down.weight.detach()), kernel_size=k, stride=2, downsample_mode="spconv"
+        x,
+        from_spconv(down.weight.detach()),
+        kernel_size=k,
+        stride=2,
+        downsample_mode="spconv",
+        dataflow=dataflow,
     )
     a, b = _align(y.coords, y.feats, ref_down.indices, ref_down.features.detach(), 2)
     assert _rel_err(a, b) <= 1e-4
@@ -82,6 +96,7 @@ def test_strided_and_inverse_match_spconv(scan, one_thread, k):
         stride=2,
         transposed=True,
         downsample_mode="spconv",
+        dataflow=dataflow,
     )
     assert z.coords is x.coords
     assert torch.equal(ref_up.indices, scan)

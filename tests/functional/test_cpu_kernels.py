@@ -1,0 +1,143 @@
+"""The fused C kernels of ``cpu_implicit_gemm``: build, edge cases, determinism, selection."""
+
+import os
+import shutil
+
+import pytest
+import torch
+from reference import needs_cpu_kernels, random_coords
+from sparseconv.kernels import cpu_implicit_gemm as kernels
+
+import sparseconv as sc
+from sparseconv.functional import conv3d
+from sparseconv.functional import dataflow_torch as dt
+from sparseconv.functional.dataflows import DATAFLOWS, resolve, set_autotune
+from sparseconv.maps import build_kernel_map
+
+
+def test_kernels_build_wherever_there_is_a_compiler():
+    if shutil.which(os.environ.get("CC", "gcc")) is None:
+        pytest.skip("no C compiler on this machine")
+    assert kernels.available(), kernels.unavailable_reason()
+    assert kernels.unavailable_reason() == ""
+
+
+def test_without_a_compiler_the_dataflow_says_why_and_auto_uses_torch(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setenv("CC", "no-such-compiler-xyz")
+    monkeypatch.setenv("SPARSECONV_CACHE", str(tmp_path))
+    assert not kernels.available()
+    assert "no-such-compiler-xyz" in kernels.unavailable_reason()
+    coords = random_coords(50, seed=2)
+    x = sc.SparseTensor(torch.randn(len(coords), 4), coords)
+    w = torch.randn(27, 4, 3)
+    with pytest.raises(ValueError, match="could not be built.*no-such-compiler"):
+        conv3d(x, w, dataflow="cpu_implicit_gemm")
+    km = build_kernel_map(coords, 3)
+    set_autotune(False)
+    try:
+        assert resolve("auto", x.feats, w, km, False).name == "torch"
+    finally:
+        set_autotune(True)
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("c_in,c_out", [(1, 1), (7, 13), (16, 16), (33, 70), (64, 64)])
+def test_kernels_match_the_torch_dataflow(c_in, c_out):
+    """Row tails (< 6 rows), padded column panels, Cin not a multiple of anything."""
+    coords = random_coords(400, extent=9, seed=c_in + c_out)
+    km = build_kernel_map(coords, 3)
+    torch.manual_seed(0)
+    x = torch.randn(len(coords), c_in)
+    w = torch.randn(27, c_in, c_out)
+    dy = torch.randn(len(coords), c_out)
+    flow = DATAFLOWS["cpu_implicit_gemm"]
+    tol = dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(flow.forward(x, w, km), dt.forward(x, w, km), **tol)
+    torch.testing.assert_close(flow.backward_input(dy, w, km), dt.backward_input(dy, w, km), **tol)
+    torch.testing.assert_close(
+        flow.backward_weight(x, dy, km), dt.backward_weight(x, dy, km), **tol
+    )
+
+
+@needs_cpu_kernels
+def test_more_pairs_per_offset_than_one_weight_chunk():
+    """Weight-gradient chunks of 128 pairs: offsets with several chunks, summed across threads."""
+    coords = random_coords(3000, extent=16, batches=1, seed=5)
+    km = build_kernel_map(coords, 3)
+    assert max(km.sizes) > 3 * 128
+    x = torch.randn(len(coords), 8)
+    dy = torch.randn(len(coords), 5)
+    got = kernels.weight_grad(x, dy, km.in_idx, km.out_idx, km.offset_ptr)
+    torch.testing.assert_close(got, dt.backward_weight(x, dy, km), rtol=1e-4, atol=1e-4)
+
+
+@needs_cpu_kernels
+def test_empty_inputs_and_rows_without_neighbours():
+    nb = torch.full((5, 27), -1, dtype=torch.int32)
+    nb[2, 13] = 0
+    x = torch.randn(1, 4)
+    w = torch.randn(27, 4, 3)
+    y = kernels.implicit_gemm(x, w, nb)
+    assert torch.equal(y[[0, 1, 3, 4]], torch.zeros(4, 3))
+    torch.testing.assert_close(y[2], x[0] @ w[13])
+    assert kernels.implicit_gemm(x[:0], w, nb[:0]).shape == (0, 3)
+    ptr = torch.zeros(28, dtype=torch.int64)
+    none = torch.zeros(0, dtype=torch.int64)
+    assert torch.equal(kernels.weight_grad(x, y, none, none, ptr), torch.zeros(27, 4, 3))
+    empty = sc.SparseTensor(torch.zeros(0, 4), torch.zeros(0, 4, dtype=torch.int32))
+    assert conv3d(empty, w, dataflow="cpu_implicit_gemm").feats.shape == (0, 3)
+
+
+@needs_cpu_kernels
+def test_bad_indices_and_dtypes_are_errors_not_garbage():
+    x = torch.randn(3, 4)
+    w = torch.randn(27, 4, 2)
+    nb = torch.full((2, 27), -1, dtype=torch.int32)
+    nb[1, 0] = 3  # x has rows 0..2
+    with pytest.raises(IndexError, match="outside"):
+        kernels.implicit_gemm(x, w, nb)
+    with pytest.raises(TypeError, match="float32"):
+        kernels.implicit_gemm(x.double(), w.double(), nb)
+    with pytest.raises(ValueError, match="disagree"):
+        kernels.implicit_gemm(x, w[:8], nb)
+    ptr = torch.tensor([0] + [1] * 27)
+    with pytest.raises(IndexError, match="outside"):
+        kernels.weight_grad(x, x, torch.tensor([5]), torch.tensor([0]), ptr)
+    coords = random_coords(30, seed=3)
+    x64 = sc.SparseTensor(torch.randn(len(coords), 4, dtype=torch.float64), coords)
+    with pytest.raises(ValueError, match="float32 only"):
+        conv3d(x64, torch.randn(27, 4, 2, dtype=torch.float64), dataflow="cpu_implicit_gemm")
+
+
+@needs_cpu_kernels
+def test_deterministic_on_cpu_uses_the_c_kernels_and_repeats_bitwise():
+    coords = random_coords(600, extent=10, seed=6)
+    torch.manual_seed(1)
+    feats = torch.randn(len(coords), 24, requires_grad=True)
+    w = torch.randn(27, 24, 40, requires_grad=True)
+    km = build_kernel_map(coords, 3)
+    assert resolve("auto", feats, w, km, True).name == "cpu_implicit_gemm"
+
+    def run():
+        y = conv3d(sc.SparseTensor(feats, coords), w, deterministic=True).feats
+        return (y, *torch.autograd.grad(y.square().sum(), [feats, w]))
+
+    for a, b in zip(run(), run()):
+        assert torch.equal(a, b)
+
+
+@needs_cpu_kernels
+def test_thread_count_is_torchs(monkeypatch):
+    """The kernels take torch.get_num_threads(): one thread gives the same forward result."""
+    coords = random_coords(500, extent=10, seed=7)
+    x = torch.randn(len(coords), 16)
+    w = torch.randn(27, 16, 16)
+    nb = build_kernel_map(coords, 3).nbmap
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.implicit_gemm(x, w, nb)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(one, kernels.implicit_gemm(x, w, nb))  # output rows are thread-private
