@@ -18,6 +18,17 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
   fi
 fi
 
+# The fused CPU conv kernels (kernels/cpu/*.c) are compiled with the system C compiler on first
+# use; without one sparseconv still works, on the slower torch dataflow.
+if ! command -v "${CC:-gcc}" >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing gcc (builds the fused CPU conv kernels)"
+    apt-get update -qq && apt-get install -y -qq gcc libgomp1 >/dev/null
+  else
+    echo "[setup] WARNING: no C compiler (${CC:-gcc}); the cpu_implicit_gemm dataflow will be off." >&2
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "$PY" -m venv "$VENV"

@@ -5,7 +5,8 @@ for each channel count. Maps are built before timing (both ours and spconv's ind
 across calls, as in a network). On CPU spconv runs with 1 thread (its only correct configuration)
 and with 2 threads; the 2-thread output's error against ours is reported so the race is visible.
 On CUDA spconv (a CUDA wheel) runs once per round like our dataflows, in the same dtype.
-Achieved GFLOP/s counts the useful multiply-adds, ``2 * pairs * Cin * Cout``; its fraction of
+Every dataflow's output is compared with the ``torch`` dataflow's (``<flow>_rel_err``) before it
+is timed. Achieved GFLOP/s counts the useful multiply-adds, ``2 * pairs * Cin * Cout``; its fraction of
 the machine's GEMM rate is the median over rounds of the layer's rate over that of a 2048^3
 ``torch.mm`` (same dtype and device) timed in the same round.
 """
@@ -129,6 +130,9 @@ def _bench_layer(layer: Layer, c: int, st: Setting) -> dict:
         if st.backward:
             contenders_bwd[f.name] = lambda f=f: _fwd_bwd(x, weight, conv, f.name)
     row = {"layer": lname, "channels": c, "pairs": pairs}
+    for f in st.flows:  # a fast wrong answer must not pass as a result: check each one first
+        if f.name != "torch":
+            row[f"{f.name}_rel_err"] = _rel_err(contenders[f.name]().feats, ref.feats)
     if st.use_peer:
         sp = _spconv_layer(
             st.base_coords, in_coords, feats, weight, k, s, ts, transposed, ref.coords
@@ -169,11 +173,15 @@ def _add_peer(sp: dict, row: dict, ref: torch.Tensor, st: Setting, fwd: dict, bw
         if peer_backward:
             bwd[name] = lambda n=n: _with_threads(n, sp["forward_backward"])
         out = sp["first"] if n is None else _with_threads(n, sp["forward"])
-        got = sp["align"](out).float()
-        err = (got - ref.float()).abs().max() / ref.float().abs().max()
-        row[f"{name}_rel_err"] = float(err)
+        row[f"{name}_rel_err"] = _rel_err(sp["align"](out), ref)
     if sp["rebuilds_indices"]:
         row["spconv_time_includes_index_build"] = True
+
+
+def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max absolute error over the max magnitude of the reference (torch dataflow) output."""
+    got, ref = got.detach().float(), ref.detach().float()
+    return float((got - ref).abs().max() / ref.abs().max().clamp(min=1e-30))
 
 
 def _our_input(base_coords, in_coords, ts, k, s, transposed, feats):

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from sparseconv.cli import main
@@ -33,6 +34,28 @@ def test_bench_maps_small_writes_json(tmp_path, capsys):
 def test_bench_conv_without_real_scan_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="real SemanticKITTI scan"):
         main(["bench", "conv", "--data", str(tmp_path), "--channels", "16"])
+
+
+def test_bench_conv_on_a_small_scan_checks_and_times_every_cpu_dataflow(tmp_path, capsys):
+    """The whole bench on a 3 m patch of ground written in the real scan's file layout."""
+    velodyne = tmp_path / "semantickitti" / "sequences" / "08" / "velodyne"
+    velodyne.mkdir(parents=True)
+    g = np.random.default_rng(0)
+    pts = np.concatenate([g.random((4000, 2)) * 3, g.random((4000, 2)) * 0.1], 1)
+    pts.astype(np.float32).tofile(velodyne / "000000.bin")
+    out = tmp_path / "conv.json"
+    args = ["bench", "conv", "--data", str(tmp_path), "--channels", "8", "--rounds", "1"]
+    assert main([*args, "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["gemm_gflops"] > 0
+    rows = payload["rows"]
+    assert [r["layer"] for r in rows][:2] == ["subm k3 @s1", "subm k3 @s2"] and len(rows) == 6
+    for r in rows:
+        assert r["torch_fwd_ms"] > 0 and r["torch_fwdbwd_ms"] > 0
+        assert r["torch_fwd_frac_of_gemm"] > 0
+        if "cpu_implicit_gemm_fwd_ms" in r:  # built wherever a C compiler is found
+            assert r["cpu_implicit_gemm_rel_err"] < 1e-5
+    assert "machine GEMM rate" in capsys.readouterr().out
 
 
 def test_unknown_command_exits_with_usage():
