@@ -90,7 +90,9 @@ int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *
             for (int64_t t = 0; t < n_tiles; ++t) {
                 const int64_t r0 = t * tile;
                 const int64_t rows = n_dst - r0 < tile ? n_dst - r0 : tile;
-                memset(acc, 0, sizeof(float) * rows * ldw);
+                /* with cout == ldw the tile's own output rows are the accumulators */
+                float *tacc = cout == ldw ? dst + r0 * cout : acc;
+                memset(tacc, 0, sizeof(float) * rows * ldw);
                 memset(count, 0, sizeof(int64_t) * K);
                 /* bucket the tile's neighbours by offset */
                 for (int64_t r = 0; r < rows; ++r) {
@@ -113,7 +115,13 @@ int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *
                         float *dp[MR];
                         for (int r = 0; r < R; ++r) {
                             sp[r] = src + (int64_t)ls[g + r] * cin;
-                            dp[r] = acc + (int64_t)lr[g + r] * ldw;
+                            dp[r] = tacc + (int64_t)lr[g + r] * ldw;
+                        }
+                        /* the next group's rows are scattered: fetch them while this one computes */
+                        for (int64_t q = g + MR; q < g + 2 * MR && q < count[k]; ++q) {
+                            const char *row = (const char *)(src + (int64_t)ls[q] * cin);
+                            for (int64_t b = 0; b < cin * (int64_t)sizeof(float); b += 64)
+                                __builtin_prefetch(row + b);
                         }
                         for (int64_t j = 0; j < ldw; j += NR) {
                             float *dj[MR];
@@ -122,8 +130,9 @@ int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *
                         }
                     }
                 }
-                for (int64_t r = 0; r < rows; ++r)
-                    memcpy(dst + (r0 + r) * cout, acc + r * ldw, sizeof(float) * cout);
+                if (tacc == acc)
+                    for (int64_t r = 0; r < rows; ++r)
+                        memcpy(dst + (r0 + r) * cout, acc + r * ldw, sizeof(float) * cout);
             }
         }
         free(acc);
