@@ -67,11 +67,60 @@ static void rows_times_panel_any(int R, const float *const *src, const float *w,
     }
 }
 
+/* Lists each offset's neighbours of the tile rows [r0, r0 + rows): list_src[k * tile + i] is an
+ * input row, list_row[...] the tile row it feeds. Returns 1 if an input row is out of range. */
+static int bucket_tile(const int32_t *nbmap, int64_t r0, int64_t rows, int64_t K, int64_t n_src,
+                       int64_t tile, int32_t *list_src, int32_t *list_row, int64_t *count) {
+    int bad = 0;
+    memset(count, 0, sizeof(int64_t) * K);
+    for (int64_t r = 0; r < rows; ++r) {
+        const int32_t *nb = nbmap + (r0 + r) * K;
+        for (int64_t k = 0; k < K; ++k) {
+            const int32_t s = nb[k];
+            if (s < 0) continue;
+            if (s >= n_src) {
+                bad = 1;
+                continue;
+            }
+            const int64_t i = k * tile + count[k]++;
+            list_src[i] = s;
+            list_row[i] = (int32_t)r;
+        }
+    }
+    return bad;
+}
+
+/* acc[list_row[i]] += src[list_src[i]] @ wk for the n listed rows of one offset. */
+static void multiply_listed_rows(const float *src, int64_t cin, const float *wk, int64_t ldw,
+                                 const int32_t *ls, const int32_t *lr, int64_t n, float *acc) {
+    for (int64_t g = 0; g < n; g += MR) {
+        const int R = n - g < MR ? (int)(n - g) : MR;
+        const float *sp[MR];
+        float *dp[MR];
+        for (int r = 0; r < R; ++r) {
+            sp[r] = src + (int64_t)ls[g + r] * cin;
+            dp[r] = acc + (int64_t)lr[g + r] * ldw;
+        }
+        /* the next group's rows are scattered: fetch them while this one computes */
+        for (int64_t q = g + MR; q < g + 2 * MR && q < n; ++q) {
+            const char *row = (const char *)(src + (int64_t)ls[q] * cin);
+            for (int64_t b = 0; b < cin * (int64_t)sizeof(float); b += 64)
+                __builtin_prefetch(row + b);
+        }
+        for (int64_t j = 0; j < ldw; j += NR) {
+            float *dj[MR];
+            for (int r = 0; r < R; ++r) dj[r] = dp[r] + j;
+            rows_times_panel_any(R, sp, wk + j, cin, ldw, dj);
+        }
+    }
+}
+
 /* dst[j] = sum_k src[nbmap[j, k]] @ w[k] over the k with nbmap[j, k] >= 0.
  *
  * src [n_src, cin], w [K, cin, ldw] (ldw a multiple of 16, columns >= cout zero),
  * nbmap [n_dst, K] int32 (-1: no neighbour), dst [n_dst, cout].
- * Returns 0, or 1 when nbmap names a row outside src (dst is then incomplete). */
+ * Returns 0; bit 1 when nbmap names a row outside src, bit 2 when memory ran out (dst is then
+ * incomplete). */
 int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *w, int64_t ldw,
                      int64_t cout, const int32_t *nbmap, int64_t n_dst, int64_t K, float *dst,
                      int64_t tile, int n_threads) {
@@ -83,57 +132,26 @@ int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *
         int32_t *list_src = malloc(sizeof(int32_t) * K * tile);
         int32_t *list_row = malloc(sizeof(int32_t) * K * tile);
         int64_t *count = malloc(sizeof(int64_t) * K);
-        if (!acc || !list_src || !list_row || !count) {
-            bad |= 2;
-        } else {
+        const int ok = acc && list_src && list_row && count;
+        /* every thread must reach the work-sharing loop, even one without buffers */
 #pragma omp for schedule(dynamic, 2)
-            for (int64_t t = 0; t < n_tiles; ++t) {
-                const int64_t r0 = t * tile;
-                const int64_t rows = n_dst - r0 < tile ? n_dst - r0 : tile;
-                /* with cout == ldw the tile's own output rows are the accumulators */
-                float *tacc = cout == ldw ? dst + r0 * cout : acc;
-                memset(tacc, 0, sizeof(float) * rows * ldw);
-                memset(count, 0, sizeof(int64_t) * K);
-                /* bucket the tile's neighbours by offset */
-                for (int64_t r = 0; r < rows; ++r) {
-                    const int32_t *nb = nbmap + (r0 + r) * K;
-                    for (int64_t k = 0; k < K; ++k) {
-                        const int32_t s = nb[k];
-                        if (s < 0) continue;
-                        if (s >= n_src) { bad |= 1; continue; }
-                        const int64_t i = k * tile + count[k]++;
-                        list_src[i] = s;
-                        list_row[i] = (int32_t)r;
-                    }
-                }
-                for (int64_t k = 0; k < K; ++k) {
-                    const float *wk = w + k * cin * ldw;
-                    const int32_t *ls = list_src + k * tile, *lr = list_row + k * tile;
-                    for (int64_t g = 0; g < count[k]; g += MR) {
-                        const int R = count[k] - g < MR ? (int)(count[k] - g) : MR;
-                        const float *sp[MR];
-                        float *dp[MR];
-                        for (int r = 0; r < R; ++r) {
-                            sp[r] = src + (int64_t)ls[g + r] * cin;
-                            dp[r] = tacc + (int64_t)lr[g + r] * ldw;
-                        }
-                        /* the next group's rows are scattered: fetch them while this one computes */
-                        for (int64_t q = g + MR; q < g + 2 * MR && q < count[k]; ++q) {
-                            const char *row = (const char *)(src + (int64_t)ls[q] * cin);
-                            for (int64_t b = 0; b < cin * (int64_t)sizeof(float); b += 64)
-                                __builtin_prefetch(row + b);
-                        }
-                        for (int64_t j = 0; j < ldw; j += NR) {
-                            float *dj[MR];
-                            for (int r = 0; r < R; ++r) dj[r] = dp[r] + j;
-                            rows_times_panel_any(R, sp, wk + j, cin, ldw, dj);
-                        }
-                    }
-                }
-                if (tacc == acc)
-                    for (int64_t r = 0; r < rows; ++r)
-                        memcpy(dst + (r0 + r) * cout, acc + r * ldw, sizeof(float) * cout);
+        for (int64_t t = 0; t < n_tiles; ++t) {
+            if (!ok) {
+                bad |= 2;
+                continue;
             }
+            const int64_t r0 = t * tile;
+            const int64_t rows = n_dst - r0 < tile ? n_dst - r0 : tile;
+            /* with cout == ldw the tile's own output rows are the accumulators */
+            float *tacc = cout == ldw ? dst + r0 * cout : acc;
+            memset(tacc, 0, sizeof(float) * rows * ldw);
+            bad |= bucket_tile(nbmap, r0, rows, K, n_src, tile, list_src, list_row, count);
+            for (int64_t k = 0; k < K; ++k)
+                multiply_listed_rows(src, cin, w + k * cin * ldw, ldw, list_src + k * tile,
+                                     list_row + k * tile, count[k], tacc);
+            if (tacc == acc)
+                for (int64_t r = 0; r < rows; ++r)
+                    memcpy(dst + (r0 + r) * cout, acc + r * ldw, sizeof(float) * cout);
         }
         free(acc);
         free(list_src);
@@ -181,6 +199,20 @@ static void outer_panel_any(int R, const float *xc, int64_t cin, const float *gc
     }
 }
 
+/* Copies the P pairs' input rows into xc [P, cin] and output-gradient rows into gc [P, ldw]
+ * (columns >= cout stay zero). Returns 1 if an index is out of range. */
+static int gather_pairs(const float *x, int64_t n_in, int64_t cin, const float *dy, int64_t n_out,
+                        int64_t cout, int64_t ldw, const int64_t *in_idx, const int64_t *out_idx,
+                        int64_t P, float *xc, float *gc) {
+    for (int64_t p = 0; p < P; ++p) {
+        const int64_t i = in_idx[p], o = out_idx[p];
+        if (i < 0 || i >= n_in || o < 0 || o >= n_out) return 1;
+        memcpy(xc + p * cin, x + i * cin, sizeof(float) * cin);
+        memcpy(gc + p * ldw, dy + o * cout, sizeof(float) * cout);
+    }
+    return 0;
+}
+
 /* dw[k] = sum over the pairs p of offset k of x[in_idx[p]]^T (x) dy[out_idx[p]].
  *
  * x [n_in, cin], dy [n_out, cout], pairs CSR by offset (ptr [K + 1]), dw [K, cin, cout].
@@ -217,28 +249,26 @@ int sc_weight_grad(const float *x, int64_t n_in, int64_t cin, const float *dy, i
         float *xc = malloc(sizeof(float) * chunk * cin);
         float *gc = calloc((size_t)(chunk * ldw), sizeof(float));
         partial[me] = mine;
-        if (!mine || !xc || !gc) {
-            bad |= 2;
-        } else {
+        const int ok = mine && xc && gc;
+        /* every thread must reach the work-sharing loop, even one without buffers */
 #pragma omp for schedule(static, 1) /* fixed chunk -> thread assignment: deterministic sums */
-            for (int64_t it = 0; it < n_items; ++it) {
-                const int64_t k = item_k[it], lo = item_lo[it];
-                const int64_t hi = lo + chunk < ptr[k + 1] ? lo + chunk : ptr[k + 1];
-                const int64_t P = hi - lo;
-                int ok = 1;
-                for (int64_t p = 0; p < P; ++p) {
-                    const int64_t i = in_idx[lo + p], o = out_idx[lo + p];
-                    if (i < 0 || i >= n_in || o < 0 || o >= n_out) { ok = 0; break; }
-                    memcpy(xc + p * cin, x + i * cin, sizeof(float) * cin);
-                    memcpy(gc + p * ldw, dy + o * cout, sizeof(float) * cout);
-                }
-                if (!ok) { bad |= 1; continue; }
-                float *dwk = mine + k * panel;
-                for (int64_t c0 = 0; c0 < cin; c0 += MR) {
-                    const int R = cin - c0 < MR ? (int)(cin - c0) : MR;
-                    for (int64_t j = 0; j < ldw; j += NR)
-                        outer_panel_any(R, xc + c0, cin, gc + j, ldw, P, dwk + c0 * ldw + j);
-                }
+        for (int64_t it = 0; it < n_items; ++it) {
+            if (!ok) {
+                bad |= 2;
+                continue;
+            }
+            const int64_t k = item_k[it], lo = item_lo[it];
+            const int64_t P = (lo + chunk < ptr[k + 1] ? lo + chunk : ptr[k + 1]) - lo;
+            if (gather_pairs(x, n_in, cin, dy, n_out, cout, ldw, in_idx + lo, out_idx + lo, P, xc,
+                             gc)) {
+                bad |= 1;
+                continue;
+            }
+            float *dwk = mine + k * panel;
+            for (int64_t c0 = 0; c0 < cin; c0 += MR) {
+                const int R = cin - c0 < MR ? (int)(cin - c0) : MR;
+                for (int64_t j = 0; j < ldw; j += NR)
+                    outer_panel_any(R, xc + c0, cin, gc + j, ldw, P, dwk + c0 * ldw + j);
             }
         }
         free(xc);

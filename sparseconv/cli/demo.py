@@ -7,8 +7,9 @@ the held-out scans at point level and writes the run folder (metrics JSON, per-c
 training curves, bird's-eye view of a predicted scan). Then it prunes the trained network
 (channel pruning to about half its MACs, and 2:4), fine-tunes each variant briefly at a tenth
 of the learning rate and benchmarks them against the dense model (``bench prune``; skip with
-``--no-prune``). Sized to finish in about 10 minutes on a 2-core CPU; every training setting
-can be overridden with ``key=value`` as for ``sparseconv train``.
+``--no-prune``). Sized to finish in about 4 minutes on a 2-core CPU (10 on the torch dataflow,
+without a C compiler); every training setting can be overridden with ``key=value`` as for
+``sparseconv train``.
 """
 
 from __future__ import annotations
