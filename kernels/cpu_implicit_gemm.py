@@ -29,6 +29,8 @@ import torch
 SOURCE = Path(__file__).with_name("cpu") / "implicit_gemm.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
 PANEL = 16  # the register kernel's column block: weights are padded to a multiple of it
+# pairs per weight-gradient work item: their gathered rows (2 x 128 x C floats) stay in L2
+WEIGHT_GRAD_CHUNK = 128
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -183,7 +185,8 @@ def weight_grad(
     ldw = -(-cout // PANEL) * PANEL
     rc = _lib().sc_weight_grad(
         x.data_ptr(), x.shape[0], cin, dy.data_ptr(), dy.shape[0], cout, ldw, in_idx.data_ptr(),
-        out_idx.data_ptr(), ptr.data_ptr(), k, dw.data_ptr(), 128, torch.get_num_threads(),
+        out_idx.data_ptr(), ptr.data_ptr(), k, dw.data_ptr(), WEIGHT_GRAD_CHUNK,
+        torch.get_num_threads(),
     )  # fmt: skip
     _check(rc, "weight_grad")
     return dw

@@ -65,7 +65,7 @@ def test_more_pairs_per_offset_than_one_weight_chunk():
     """Weight-gradient chunks of 128 pairs: offsets with several chunks, summed across threads."""
     coords = random_coords(3000, extent=16, batches=1, seed=5)
     km = build_kernel_map(coords, 3)
-    assert max(km.sizes) > 3 * 128
+    assert max(km.sizes) > 3 * kernels.WEIGHT_GRAD_CHUNK
     x = torch.randn(len(coords), 8)
     dy = torch.randn(len(coords), 5)
     got = kernels.weight_grad(x, dy, km.in_idx, km.out_idx, km.offset_ptr)
