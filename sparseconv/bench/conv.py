@@ -8,7 +8,8 @@ On CUDA spconv (a CUDA wheel) runs once per round like our dataflows, in the sam
 Every dataflow's output is compared with the ``torch`` dataflow's (``<flow>_rel_err``) before it
 is timed. Achieved GFLOP/s counts the useful multiply-adds, ``2 * pairs * Cin * Cout``; its fraction of
 the machine's GEMM rate is the median over rounds of the layer's rate over that of a 2048^3
-``torch.mm`` (same dtype and device) timed in the same round.
+``torch.mm`` timed in the same round (on the same device; in the layer's dtype on CUDA, in
+float32 on CPU).
 """
 
 from __future__ import annotations
@@ -95,9 +96,12 @@ def run(
         raise ValueError(
             "bench conv on CPU runs float32 or bfloat16 (CPU has no fast float16 GEMM)"
         )
+    # CPU: the float32 rate is the machine's GEMM rate (torch's bfloat16 CPU GEMM is a slow
+    # fallback without bf16 instructions: a 2048^3 mm took about a minute on the 2-core machine)
+    gemm_dtype = tdtype if device.startswith("cuda") else torch.float32
     use_peer = peers.spconv_available() and (device != "cpu" or tdtype == torch.float32)
     setting = Setting(
-        coords, flows, use_peer, rounds, device, gemm_reference(device, dtype=tdtype), backward,
+        coords, flows, use_peer, rounds, device, gemm_reference(device, dtype=gemm_dtype), backward,
         tdtype,
     )  # fmt: skip
     plan = [(c, layer) for c in channels for layer in _layers(coords)]
@@ -110,6 +114,7 @@ def run(
         "gemm_gflops": median([r["gemm_gflops_same_rounds"] for r in rows]),
         "device": device,
         "dtype": dtype,
+        "gemm_dtype": str(gemm_dtype).removeprefix("torch."),
         "rows": rows,
     }
 

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         rows = payload["rows"]
         rate = payload["gemm_gflops"]
         print(
-            f"machine GEMM rate (2048^3 {args.dtype} mm, timed in every layer's rounds; "
+            f"machine GEMM rate (2048^3 {payload['gemm_dtype']} mm, timed in every layer's rounds; "
             f"median): {rate:.1f} GFLOP/s"
         )
     print(report.format_table(rows))

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from reference import CUDA, TRITON_DEVICE, random_coords
+from reference import CUDA, TRITON_DEVICE, needs_cpu_kernels, random_coords
 
 import sparseconv as sc
 from sparseconv.functional import SparseConvFunction, conv3d
@@ -25,15 +25,18 @@ def test_gradcheck_float64(dataflow, k, s):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)])
-@pytest.mark.parametrize("dataflow", ["torch", "triton_implicit_gemm"])
+@pytest.mark.parametrize(
+    "dataflow",
+    ["torch", "triton_implicit_gemm", pytest.param("cpu_implicit_gemm", marks=needs_cpu_kernels)],
+)
 def test_half_precision_with_float32_accumulation(dtype, tol, dataflow):
     if dtype == torch.float16 and dataflow == "torch":
         pytest.skip(
             "CPU torch has no fast fp16 GEMM path worth testing; bf16 covers the torch dataflow"
         )
-    if dtype == torch.bfloat16 and dataflow != "torch" and not CUDA:
+    if dtype == torch.bfloat16 and dataflow.startswith("triton") and not CUDA:
         pytest.skip("the Triton interpreter (numpy) has no bfloat16; runs on a GPU")
-    device = "cpu" if dataflow == "torch" else TRITON_DEVICE
+    device = TRITON_DEVICE if dataflow.startswith("triton") else "cpu"
     coords = random_coords(200, extent=10, seed=3)
     x32 = torch.randn(len(coords), 16)
     w32 = torch.randn(27, 16, 16) * 0.2

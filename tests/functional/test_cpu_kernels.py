@@ -98,7 +98,7 @@ def test_bad_indices_and_dtypes_are_errors_not_garbage():
     with pytest.raises(IndexError, match="outside"):
         kernels.implicit_gemm(x, w, nb)
     with pytest.raises(TypeError, match="float32"):
-        kernels.implicit_gemm(x.double(), w.double(), nb)
+        kernels.implicit_gemm(x.double(), w.double(), nb)  # the adapter widens halves, not this
     with pytest.raises(ValueError, match="disagree"):
         kernels.implicit_gemm(x, w[:8], nb)
     ptr = torch.tensor([0] + [1] * 27)
@@ -106,8 +106,30 @@ def test_bad_indices_and_dtypes_are_errors_not_garbage():
         kernels.weight_grad(x, x, torch.tensor([5]), torch.tensor([0]), ptr)
     coords = random_coords(30, seed=3)
     x64 = sc.SparseTensor(torch.randn(len(coords), 4, dtype=torch.float64), coords)
-    with pytest.raises(ValueError, match="float32 only"):
+    with pytest.raises(ValueError, match="runs float32"):
         conv3d(x64, torch.randn(27, 4, 2, dtype=torch.float64), dataflow="cpu_implicit_gemm")
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)])
+def test_half_precision_gradients_are_widened_to_float32(dtype, tol):
+    """dX and dW of half-precision operands against float64, in the operands' dtypes."""
+    coords = random_coords(300, extent=9, seed=8)
+    torch.manual_seed(2)
+    x64 = torch.randn(len(coords), 12, dtype=torch.float64)
+    w64 = torch.randn(27, 12, 9, dtype=torch.float64) * 0.2
+    grad = torch.randn(len(coords), 9, dtype=torch.float64)
+
+    def grads(x, w, flow):
+        x, w = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        y = conv3d(sc.SparseTensor(x, coords), w, dataflow=flow).feats
+        return torch.autograd.grad((y * grad.to(y.dtype)).sum(), [x, w])
+
+    want = grads(x64, w64, "torch")
+    got = grads(x64.to(dtype), w64.to(dtype), "cpu_implicit_gemm")
+    for g, r in zip(got, want):
+        assert g.dtype == dtype
+        assert (g.double() - r).norm() / r.norm() < tol
 
 
 @needs_cpu_kernels
