@@ -117,10 +117,15 @@ def _check(rc: int, what: str) -> None:
         raise IndexError(f"{what}: the kernel map names a row outside the feature matrix")
 
 
+def _panel_width(cout: int) -> int:
+    """``cout`` rounded up to whole register panels (the row stride of padded weights)."""
+    return -(-cout // PANEL) * PANEL
+
+
 def _padded_weight(weight: torch.Tensor) -> torch.Tensor:
     """``[K, Cin, Cout]`` with Cout zero-padded to a multiple of ``PANEL``, contiguous."""
     k, cin, cout = weight.shape
-    ldw = -(-cout // PANEL) * PANEL
+    ldw = _panel_width(cout)
     padded = weight.new_zeros((k, cin, ldw))
     padded[:, :, :cout] = weight
     return padded
@@ -182,7 +187,7 @@ def weight_grad(
     dw = x.new_empty((k, cin, cout))
     if dw.numel() == 0:
         return dw
-    ldw = -(-cout // PANEL) * PANEL
+    ldw = _panel_width(cout)
     rc = _lib().sc_weight_grad(
         x.data_ptr(), x.shape[0], cin, dy.data_ptr(), dy.shape[0], cout, ldw, in_idx.data_ptr(),
         out_idx.data_ptr(), ptr.data_ptr(), k, dw.data_ptr(), WEIGHT_GRAD_CHUNK,

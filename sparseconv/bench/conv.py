@@ -6,8 +6,8 @@ across calls, as in a network). On CPU spconv runs with 1 thread (its only corre
 and with 2 threads; the 2-thread output's error against ours is reported so the race is visible.
 On CUDA spconv (a CUDA wheel) runs once per round like our dataflows, in the same dtype.
 Every dataflow's output is compared with the ``torch`` dataflow's (``<flow>_rel_err``) before it
-is timed. Achieved GFLOP/s counts the useful multiply-adds, ``2 * pairs * Cin * Cout``; its fraction of
-the machine's GEMM rate is the median over rounds of the layer's rate over that of a 2048^3
+is timed. Achieved GFLOP/s counts the useful multiply-adds, ``2 * pairs * Cin * Cout``; its
+fraction of the machine's GEMM rate is the median over rounds of the layer's rate over that of a 2048^3
 ``torch.mm`` timed in the same round (on the same device; in the layer's dtype on CUDA, in
 float32 on CPU).
 """

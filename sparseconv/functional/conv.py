@@ -56,8 +56,9 @@ def conv3d(
     maps to ``x.stride * stride``; ``transposed=True`` goes back to ``x.stride / stride`` onto the
     coordinates of the strided conv it inverts when that map is in ``x.cache``. The kernel map is
     taken from / stored in ``x.cache``. ``dataflow`` is ``"auto"``, ``"torch"``,
-    ``"cpu_implicit_gemm"`` (fused C kernels, CPU float32), ``"triton_gather_scatter"`` or
-    ``"triton_implicit_gemm"``; ``deterministic=True`` forbids atomics. ``packed_weight`` (per-offset compressed 2:4 weights, see
+    ``"cpu_implicit_gemm"`` (fused C kernels on CPU, computing in float32),
+    ``"triton_gather_scatter"`` or ``"triton_implicit_gemm"``; ``deterministic=True`` forbids
+    atomics. ``packed_weight`` (per-offset compressed 2:4 weights, see
     :mod:`sparseconv.functional.semi_structured`) replaces ``weight`` when no gradient is needed.
     """
     if not isinstance(x, SparseTensor):

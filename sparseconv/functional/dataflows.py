@@ -4,7 +4,8 @@ A dataflow is three functions (forward, input gradient, weight gradient) over a 
 ``"auto"`` times every dataflow that can run on the device on the first call for a given map
 shape (the median of a few runs, forward only) and caches the winner; ``set_autotune(False)``
 turns tuning off (then ``DEFAULTS`` decides: ``cpu_implicit_gemm`` on CPU where it can run,
-i.e. float32 with a C compiler, else ``torch``; ``triton_implicit_gemm`` on CUDA).
+i.e. float32 / float16 / bfloat16 with a C compiler, else ``torch``; ``triton_implicit_gemm`` on
+CUDA).
 ``deterministic=True`` restricts the choice to dataflows without atomics.
 """
 
