@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from sparseconv.datasets.sample import Sample, voxelize_sample
 from sparseconv.datasets.transforms import Transform
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sparseconv.utils.optional import require
+
 
 def read_bin_scan(path: str | os.PathLike, columns: int = 4) -> np.ndarray:
     """Float32 scan ``[N, columns]`` (SemanticKITTI/KITTI: 4 = x, y, z, remission; nuScenes: 5)."""
@@ -64,7 +66,7 @@ def read_point_cloud_file(
     file has one. ``label_field`` names a per-point integer attribute; a file without it gives
     ``None`` labels (unlabelled data), never a silent zero label.
     """
-    import open3d as o3d
+    o3d = require("open3d", "reading PLY/PCD files")
 
     path = Path(path)
     if not path.is_file():

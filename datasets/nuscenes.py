@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from sparseconv.datasets.base import ScanDataset
 from sparseconv.datasets.io import read_bin_scan, read_label_file
 from sparseconv.datasets.labels import IGNORE_INDEX, NUSCENES_CLASSES, nuscenes_learning_map

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sparseconv.datasets.labels import IGNORE_INDEX
 
+from sparseconv.datasets.labels import IGNORE_INDEX
 from sparseconv.tensor import SparseTensor
 from sparseconv.voxelize import voxelize
 

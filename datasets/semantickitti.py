@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from sparseconv.datasets.base import ScanDataset
 from sparseconv.datasets.io import read_bin_scan, read_label_file
 from sparseconv.datasets.labels import (

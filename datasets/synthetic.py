@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sparseconv.utils.optional import require
+
 RAW = {"road": 40, "sidewalk": 48, "terrain": 72, "building": 50, "car": 10, "truck": 18,
        "person": 30, "pole": 80, "traffic-sign": 81, "trunk": 71, "vegetation": 70, "fence": 51}  # fmt: skip
 REMISSION = {"road": 0.25, "sidewalk": 0.35, "terrain": 0.45, "building": 0.3, "car": 0.6, "truck": 0.55,
@@ -43,7 +45,7 @@ def _box(o3d, center, size, yaw=0.0):
 
 
 def _scene_meshes(rng: np.random.Generator, cfg: SceneConfig):
-    import open3d as o3d
+    o3d = require("open3d", "the synthetic scan generator")
 
     half = cfg.length / 2
     road_w = rng.uniform(6.5, 9.0)
@@ -97,7 +99,7 @@ def _scene_meshes(rng: np.random.Generator, cfg: SceneConfig):
 
 def synthesize_scan(seed: int, cfg: SceneConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One scan: float32 ``[N, 4]`` (x, y, z, remission) and uint32 SemanticKITTI labels ``[N]``."""
-    import open3d as o3d
+    o3d = require("open3d", "the synthetic scan generator")
 
     cfg = cfg or SceneConfig()
     rng = np.random.default_rng(seed)
@@ -141,8 +143,9 @@ def write_synthetic_dataset(
     held-out scenes never share a street. Returns ``out``; ``SemanticKITTI(out, "train")`` and
     ``SemanticKITTI(out, "val")`` read it back.
     """
-    from sparseconv.datasets.io import write_semantickitti_scan
     from tqdm import tqdm
+
+    from sparseconv.datasets.io import write_semantickitti_scan
 
     if train_scans < 0 or val_scans < 0 or train_scans + val_scans == 0:
         raise ValueError(f"need at least one scan, got train={train_scans}, val={val_scans}")

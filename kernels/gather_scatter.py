@@ -14,7 +14,9 @@ Cout tile) loops over that offset's pairs, so it needs no atomics and is determi
 import torch
 import triton
 import triton.language as tl
+
 from sparseconv.kernels.tiles import accumulate_gathered_dot, channel_tile, dot_precision
+from sparseconv.utils.precision import accumulation_dtype
 
 
 @triton.jit
@@ -117,11 +119,6 @@ def pair_blocks(
     return ks, starts, torch.minimum(starts + bm, p[ks + 1])
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 accumulation, except float64 inputs (gradcheck) which accumulate in float64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def gather_gemm_scatter(
     src: torch.Tensor,
     weight: torch.Tensor,
@@ -135,7 +132,7 @@ def gather_gemm_scatter(
     ``blocks`` is :func:`pair_blocks` of the map's offset pointer with ``BM`` pairs per block.
     """
     c_in, c_out = weight.shape[1], weight.shape[2]
-    dst = torch.zeros((n_dst, c_out), dtype=_acc_dtype(src.dtype), device=src.device)
+    dst = torch.zeros((n_dst, c_out), dtype=accumulation_dtype(src.dtype), device=src.device)
     blk_k, blk_s, blk_e = blocks
     if blk_k.numel() == 0:
         return dst
@@ -162,12 +159,12 @@ def weight_grad(
     n_k = ptr.numel() - 1
     c_in, c_out = x.shape[1], dy.shape[1]
     if n_k == 0:
-        return torch.zeros((0, c_in, c_out), dtype=_acc_dtype(x.dtype), device=x.device)
+        return torch.zeros((0, c_in, c_out), dtype=accumulation_dtype(x.dtype), device=x.device)
     bi, bo = channel_tile(c_in), channel_tile(c_out)
     tiles = triton.cdiv(c_in, bi) * triton.cdiv(c_out, bo)
     split, chunk = _split_reduction(ptr, n_k * tiles, x.device)
     # every program stores its whole tile (zeros for an empty pair range): no fill needed
-    part = torch.empty((split * n_k, c_in, c_out), dtype=_acc_dtype(x.dtype), device=x.device)
+    part = torch.empty((split * n_k, c_in, c_out), dtype=accumulation_dtype(x.dtype), device=x.device)
     grid = (split * n_k, triton.cdiv(c_in, bi), triton.cdiv(c_out, bo))
     _weight_grad_kernel[grid](
         x.contiguous(), dy.contiguous(), part, in_idx, out_idx,

@@ -16,6 +16,7 @@ map's ``nbmap`` with ``W^T``. Reference: ``sparseconv.functional.dataflow_torch.
 import torch
 import triton
 import triton.language as tl
+
 from sparseconv.kernels.tiles import accumulate_gathered_dot, channel_tile, dot_precision
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 import sparseconv as sc
-from sparseconv.bench.timing import interleaved, median, ratio
 from sparseconv.models import MinkUNet
+from sparseconv.utils.timing import interleaved, median, ratio
 
 
 def main() -> None:

@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import torch
-from sparseconv.kernels.implicit_gemm import implicit_gemm
 from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
 
 import sparseconv as sc
 from sparseconv.bench import inputs
 from sparseconv.functional import conv3d
+from sparseconv.kernels.implicit_gemm import implicit_gemm
 from sparseconv.maps import build_kernel_map
 
 

@@ -1,9 +1,18 @@
-"""sparseconv: point-cloud sparse convolution for PyTorch (+ Triton).
+"""sparseconv: point-cloud sparse convolution for PyTorch (+ Triton, + C kernels on CPU).
 
 import sparseconv as sc
 x = sc.SparseTensor(feats, coords)            # coords int32 [N, 4] = (batch, x, y, z)
 y = sc.nn.Conv3d(4, 32, kernel_size=3)(x)
+
+``sc.datasets`` (readers, the synthetic scan generator) is imported on first access, so that a
+conv-only user never loads its I/O code; ``sparseconv.train``, ``sparseconv.bench`` and
+``sparseconv.cli`` are tools built on the library and are imported explicitly.
 """
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
 
 from sparseconv import functional, maps, models, nn, prune
 from sparseconv.tensor import SparseTensor, sparse_collate
@@ -11,8 +20,11 @@ from sparseconv.voxelize import devoxelize, voxelize
 
 __version__ = "0.1.0"
 
+_LAZY_SUBMODULES = ("datasets",)
+
 __all__ = [
     "SparseTensor",
+    "datasets",
     "devoxelize",
     "functional",
     "maps",
@@ -22,3 +34,9 @@ __all__ = [
     "sparse_collate",
     "voxelize",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"sparseconv.{name}")
+    raise AttributeError(f"module 'sparseconv' has no attribute {name!r}")

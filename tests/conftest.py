@@ -35,6 +35,7 @@ def kitti_root() -> Path:
 def write_tiny_kitti(root: Path, n_train: int = 3, n_val: int = 1, n_points: int = 3000) -> Path:
     """A small SemanticKITTI-format dataset: labelled planes and boxes, quick to train on."""
     import numpy as np
+
     from sparseconv.datasets.io import write_semantickitti_scan
 
     rng = np.random.default_rng(0)

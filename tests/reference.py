@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+
 from sparseconv.kernels import cpu_implicit_gemm as cpu_kernels
 
 CUDA = torch.cuda.is_available()

@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 import sparseconv as sc
 from sparseconv.bench import inputs, peers
-from sparseconv.bench.timing import Threads, gemm_reference, interleaved, median, ratio
+from sparseconv.bench.gemm_rate import gemm_reference
 from sparseconv.functional.dataflows import DATAFLOWS
 from sparseconv.maps import build_kernel_map
 from sparseconv.nn.convert import to_spconv
+from sparseconv.utils.timing import Threads, interleaved, median, ratio
 
 DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from sparseconv.bench import inputs, peers
-from sparseconv.bench.timing import Threads, interleaved, median, ratio
 from sparseconv.maps import build_kernel_map
+from sparseconv.utils.timing import Threads, interleaved, median, ratio
 
 CASES = {"subm k3": (3, 1), "down k2s2": (2, 2)}
 DEFAULT_SIZES = (10_000, 100_000, 500_000, 2_000_000)

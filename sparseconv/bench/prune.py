@@ -19,9 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from sparseconv.bench.report import environment
-from sparseconv.bench.timing import interleaved, median, ratio
 from sparseconv.tensor import SparseTensor
 from sparseconv.train import pruning as TP
+from sparseconv.utils.optional import pyplot
+from sparseconv.utils.timing import interleaved, median, ratio
 
 DEFAULT_SPECS = (
     TP.PruneSpec("dense"),
@@ -132,10 +133,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the pruning benchmark plot")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, key, xlabel in (

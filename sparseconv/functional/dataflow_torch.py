@@ -24,10 +24,7 @@ import torch
 from sparseconv.functional import output_blocks
 from sparseconv.functional.grouping import plan_groups
 from sparseconv.maps.kernel_map import KernelMap
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+from sparseconv.utils.precision import accumulation_dtype
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,7 @@ MIN_BLOCK_ROWS = 256
 
 def _block_rows(src: torch.Tensor, c_out: int) -> int | None:
     """Rows per block on CPU for float32/float64 inputs; ``None`` runs each step whole."""
-    if src.device.type != "cpu" or src.dtype != _acc_dtype(src.dtype):
+    if src.device.type != "cpu" or src.dtype != accumulation_dtype(src.dtype):
         return None
     return max(MIN_BLOCK_ROWS, CPU_BLOCK_BYTES // (src.element_size() * max(src.shape[1], c_out)))
 
@@ -173,7 +170,7 @@ def _step_weight(step: GroupStep, weight: torch.Tensor) -> torch.Tensor:
 
 def gather_gemm_scatter(src: torch.Tensor, weight: torch.Tensor, plan: Plan) -> torch.Tensor:
     """``dst[dst_idx] += src[src_idx] @ weight[k]`` over all offsets; returns ``[n_dst, Cout]``."""
-    acc = _acc_dtype(src.dtype)
+    acc = accumulation_dtype(src.dtype)
     c_out = weight.shape[2]
     rows = _block_rows(src, c_out)
     blocks = _Blocks(src, c_out, rows)
@@ -261,7 +258,7 @@ def backward_weight(
 
     Padding rows gather ``x[0]`` against the appended zero row of ``dy``, so they add nothing.
     """
-    acc = _acc_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     plan = _plan(kmap, False, max_waste)
     dw = torch.zeros((kmap.kernel_volume, x.shape[1], dy.shape[1]), dtype=acc, device=x.device)
     if plan.identity_offset is not None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from sparseconv.maps.kernel_map import KernelMap
+from sparseconv.utils.precision import accumulation_dtype
 
 
 def is_2_4(weight: torch.Tensor) -> bool:
@@ -62,7 +63,7 @@ def forward(x: torch.Tensor, packed: list[torch.Tensor], kmap: KernelMap) -> tor
     ``packed[k]`` is anything ``F.linear`` accepts as a ``[Cout, Cin]`` weight: the compressed
     tensors of :func:`pack`, or dense ``W[k]^T`` (which the CPU tests use to check the data path).
     """
-    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    acc = accumulation_dtype(x.dtype)
     c_out = packed[0].shape[0]
     ptr = kmap.offset_ptr.tolist()
     ident = kmap.kernel_volume // 2 if kmap.submanifold else None

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparseconv.bench.timing import interleaved, median, ratio
 from sparseconv.functional import semi_structured
 from sparseconv.nn import Conv3d
 from sparseconv.tensor import SparseTensor
+from sparseconv.utils.timing import interleaved, median, ratio
 
 
 @dataclass

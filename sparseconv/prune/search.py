@@ -2,7 +2,7 @@
 
 Both take ``evaluate(model) -> metric`` (higher is better, e.g. mIoU on a validation split) so
 the pruning module needs no trainer; NetAdapt also takes ``latency(model) -> seconds``, e.g.
-:func:`sparseconv.bench.net.latency_fn`, which times the model with the benchmark harness.
+ a function that times the model on a scan with :mod:`sparseconv.utils.timing`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
-from tqdm.auto import tqdm
 
 from sparseconv.prune.channel import channel_prune, check_ratio
 from sparseconv.prune.graph import DependencyGraph
+from sparseconv.utils.optional import pyplot
+from sparseconv.utils.progress import progress_bar
 
 Evaluate = Callable[[nn.Module], float]
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -43,10 +44,7 @@ class Sensitivity:
         return out
 
     def plot(self, path: str | Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot("the sensitivity plot")
 
         fig, ax = plt.subplots(figsize=(8, 5))
         for name, values in self.curves.items():
@@ -83,7 +81,7 @@ def sensitivity_scan(
             raise ValueError(f"unknown or unprunable groups {sorted(unknown)}; prunable: {names}")
         names = list(groups)
     result = Sensitivity(evaluate(model), tuple(ratios))
-    bar = tqdm(total=len(names) * len(ratios), desc="sensitivity", disable=not progress)
+    bar = progress_bar(total=len(names) * len(ratios), desc="sensitivity", disable=not progress)
     for name in names:
         result.curves[name] = []
         for r in ratios:
@@ -125,7 +123,7 @@ def netadapt(
     goal = latency(model) * target
     history: list[NetAdaptStep] = []
     current, lat = model, latency(model)
-    for _ in tqdm(range(max_steps), desc="netadapt", disable=not progress):
+    for _ in progress_bar(range(max_steps), desc="netadapt", disable=not progress):
         if lat <= goal:
             break
         want = lat * (1 - step_cut)

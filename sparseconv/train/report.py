@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sparseconv.utils.optional import pyplot, require
+
 
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -16,10 +18,7 @@ def write_json(path: Path, data: dict) -> None:
 
 def plot_curves(path: Path, history: list[dict], evals: list[dict]) -> None:
     """Training loss and learning rate per logged step, and held-out mIoU per evaluation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("training plots")
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     steps = [h["step"] for h in history]
@@ -36,8 +35,7 @@ def plot_curves(path: Path, history: list[dict], evals: list[dict]) -> None:
 
 def class_colors(n: int) -> np.ndarray:
     """A fixed palette (tab20) so a class keeps its colour across plots and runs."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "training plots")
     cmap = matplotlib.colormaps["tab20"]
     return np.array([cmap(i % 20)[:3] for i in range(n)])
 
@@ -51,10 +49,7 @@ def plot_bev(
     ignore: int,
 ) -> None:
     """Bird's-eye view of one scan: ground truth beside the prediction, coloured by class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("training plots")
     from matplotlib.patches import Patch
 
     colors = class_colors(len(names))

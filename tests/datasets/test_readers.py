@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from sparseconv.datasets.io import read_bin_scan, read_label_file
 
 from sparseconv import datasets as D
+from sparseconv.datasets.io import read_bin_scan, read_label_file
 
 
 @pytest.mark.parametrize("seq", ["08", "00"])

@@ -6,12 +6,12 @@ import shutil
 import pytest
 import torch
 from reference import needs_cpu_kernels, random_coords
-from sparseconv.kernels import cpu_implicit_gemm as kernels
 
 import sparseconv as sc
 from sparseconv.functional import conv3d
 from sparseconv.functional import dataflow_torch as dt
 from sparseconv.functional.dataflows import DATAFLOWS, resolve, set_autotune
+from sparseconv.kernels import cpu_implicit_gemm as kernels
 from sparseconv.maps import build_kernel_map
 
 

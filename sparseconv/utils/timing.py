@@ -1,8 +1,10 @@
 """Interleaved timing: contenders run A B C A B C ..., ratios are medians of per-round ratios.
 
-This machine's speed drifts by tens of percent within a minute, so numbers from separate runs
-are never compared: every round times all contenders back to back and each reported ratio is the
-median over rounds of ``t_a / t_b`` measured in the same round.
+A machine's speed drifts (frequency scaling, other tenants), so numbers from separate runs are
+never compared: every round times all contenders back to back and each reported ratio is the
+median over rounds of ``t_a / t_b`` measured in the same round. The library itself times with
+this (``prune.accelerate_nm`` picks a layer's path by measurement); ``sparseconv.bench`` builds
+its reports on it.
 """
 
 from __future__ import annotations
@@ -67,16 +69,3 @@ class Threads:
 
     def __exit__(self, *exc) -> None:
         torch.set_num_threads(self.saved)
-
-
-def gemm_reference(
-    device: str = "cpu", n: int = 2048, dtype: torch.dtype = torch.float32
-) -> tuple[Callable[[], object], float]:
-    """An ``n^3`` ``torch.mm`` (the machine's GEMM rate) as a contender, and its flop count.
-
-    Timed in the same rounds as a layer, it gives that layer's fraction of the GEMM rate under
-    the same machine state (this machine's speed drifts by tens of percent within a minute).
-    """
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    return (lambda: torch.mm(a, b)), 2.0 * n**3
