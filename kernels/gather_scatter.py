@@ -164,7 +164,9 @@ def weight_grad(
     tiles = triton.cdiv(c_in, bi) * triton.cdiv(c_out, bo)
     split, chunk = _split_reduction(ptr, n_k * tiles, x.device)
     # every program stores its whole tile (zeros for an empty pair range): no fill needed
-    part = torch.empty((split * n_k, c_in, c_out), dtype=accumulation_dtype(x.dtype), device=x.device)
+    part = torch.empty(
+        (split * n_k, c_in, c_out), dtype=accumulation_dtype(x.dtype), device=x.device
+    )
     grid = (split * n_k, triton.cdiv(c_in, bi), triton.cdiv(c_out, bo))
     _weight_grad_kernel[grid](
         x.contiguous(), dy.contiguous(), part, in_idx, out_idx,

@@ -9,6 +9,7 @@ dense kernels and with the chosen sparse layers, interleaved in the same run.
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import numpy as np
@@ -26,15 +27,14 @@ def main() -> None:
     x = x.replace_feats(x.feats.half())
     net = MinkUNet(4, 19, width=1.0).half().cuda().eval()
     print(sc.prune.nm_prune(net, 2, 4))
+    dense_net = copy.deepcopy(net)
     report = sc.prune.accelerate_nm(net, x, rounds=10)
     print(report)
-    chosen = {m: m.packed_weight for m in net.modules() if getattr(m, "packed_weight", None)}
+    chosen = [m for m in net.modules() if isinstance(m, sc.nn.SemiStructuredConv3d)]
 
     def run(sparse: bool):
-        for m, packed in chosen.items():
-            m.packed_weight = packed if sparse else None
         with torch.no_grad():
-            return net(x)
+            return (net if sparse else dense_net)(x)
 
     t = interleaved({"dense": lambda: run(False), "sparse": lambda: run(True)}, 10, device="cuda")
     print(

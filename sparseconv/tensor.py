@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sparseconv.maps import keys as K
+from sparseconv.maps import keys as coord_keys
 from sparseconv.maps.cache import MapCache
 from sparseconv.maps.hashtable import HashTable
 from sparseconv.maps.offsets import Triple, as_triple
@@ -35,7 +35,7 @@ class SparseTensor:
             raise TypeError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
         if feats.dim() != 2:
             raise ValueError(f"feats must have shape [N, C], got {list(feats.shape)}")
-        K.check_coords(coords, values=check)
+        coord_keys.check_coords(coords, values=check)
         if feats.shape[0] != coords.shape[0]:
             raise ValueError(
                 f"feats and coords must have the same length, got {feats.shape[0]} and {coords.shape[0]}"
@@ -54,7 +54,7 @@ class SparseTensor:
             ):
                 raise ValueError(f"coords must be multiples of the tensor stride {self.stride}")
             # Building the table raises on duplicates; keep it, the first conv needs it.
-            table = HashTable.build(K.pack(coords))
+            table = HashTable.build(coord_keys.pack(coords))
             if self.stride not in self.cache.coords:
                 self.cache.tables[self.stride] = table
         self.cache.coords.setdefault(self.stride, coords)

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from sparseconv.maps import keys as K
+from sparseconv.maps import keys as coord_keys
 from sparseconv.maps.hashtable import HashTable
 from sparseconv.tensor import SparseTensor
 
@@ -62,12 +62,14 @@ def voxelize(
     if batch is not None:
         b = batch[finite].long()
     coords = torch.cat([b[:, None], grid], dim=1)
-    if coords.numel() and (coords[:, 1:].abs().max() > max(-K.COORD_MIN, K.COORD_MAX)):
+    if coords.numel() and (
+        coords[:, 1:].abs().max() > max(-coord_keys.COORD_MIN, coord_keys.COORD_MAX)
+    ):
         raise ValueError(
-            f"points span more than [{K.COORD_MIN}, {K.COORD_MAX}] voxels of size {voxel_size}; "
+            f"points span more than [{coord_keys.COORD_MIN}, {coord_keys.COORD_MAX}] voxels of size {voxel_size}; "
             "use a larger voxel_size or crop the range"
         )
-    keys = K.pack(coords.int()) if coords.numel() else coords.new_zeros(0)
+    keys = coord_keys.pack(coords.int()) if coords.numel() else coords.new_zeros(0)
     uniq, inverse = torch.unique(keys, return_inverse=True)
     feats_in = features[finite]
     n_vox = uniq.numel()
@@ -84,7 +86,7 @@ def voxelize(
         feats = feats_in[first]
     p2v = torch.full((points.shape[0],), -1, dtype=torch.long, device=points.device)
     p2v[finite] = inverse
-    return SparseTensor(feats, K.unpack(uniq), check=False), p2v
+    return SparseTensor(feats, coord_keys.unpack(uniq), check=False), p2v
 
 
 def devoxelize(
@@ -122,7 +124,7 @@ def _trilinear(x: SparseTensor, points: torch.Tensor, voxel_size) -> torch.Tenso
     pos = xyz / (vs * stride) - 0.5
     base = torch.floor(pos)
     frac = pos - base
-    table = HashTable.build(K.pack(x.coords))
+    table = HashTable.build(coord_keys.pack(x.coords))
     out = x.feats.new_zeros((points.shape[0], x.feats.shape[1]))
     wsum = torch.zeros(points.shape[0], dtype=x.feats.dtype, device=points.device)
     for corner in range(8):
@@ -132,10 +134,10 @@ def _trilinear(x: SparseTensor, points: torch.Tensor, voxel_size) -> torch.Tenso
         cell = (base + bits).long() * stride.long()
         w = torch.prod(torch.where(bits.bool(), frac, 1 - frac), dim=1).to(x.feats.dtype)
         coords = torch.cat([b[:, None], cell], dim=1)
-        inside = (cell.abs() <= K.COORD_MAX).all(dim=1) & torch.isfinite(xyz).all(dim=1)
+        inside = (cell.abs() <= coord_keys.COORD_MAX).all(dim=1) & torch.isfinite(xyz).all(dim=1)
         idx = torch.full_like(b, -1)
         if bool(inside.any()):
-            idx[inside] = table.query(K.pack(coords[inside].int())).long()
+            idx[inside] = table.query(coord_keys.pack(coords[inside].int())).long()
         hit = idx >= 0
         out[hit] += w[hit, None] * x.feats[idx[hit]]
         wsum[hit] += w[hit]
@@ -155,8 +157,8 @@ def points_to_voxels(
     stride = torch.tensor(x.stride, dtype=torch.long, device=points.device)
     cell = torch.div(torch.floor(points[:, 1:] / vs).long(), stride, rounding_mode="floor") * stride
     coords = torch.cat([points[:, :1].long(), cell], 1).int()
-    table = x.cache.table(x.stride, x.coords, K.pack(x.coords))
-    idx = table.query(K.pack(coords)).long()
+    table = x.cache.table(x.stride, x.coords, coord_keys.pack(x.coords))
+    idx = table.query(coord_keys.pack(coords)).long()
     hit = idx >= 0
     acc = point_feats.new_zeros((len(x), point_feats.shape[1]))
     acc.index_add_(0, idx[hit], point_feats[hit])

@@ -233,7 +233,7 @@ def _spconv_layer(base_coords, in_coords, feats, weight, k, s, ts, transposed, r
     """
     import spconv.pytorch as spconv
 
-    from sparseconv.maps import keys as K
+    from sparseconv.maps import keys as coord_keys
 
     c, dev, on_cpu = weight.shape[1], feats.device, feats.device.type == "cpu"
     cpu_threads = 1 if on_cpu else None
@@ -252,7 +252,7 @@ def _spconv_layer(base_coords, in_coords, feats, weight, k, s, ts, transposed, r
         their = coarse.indices.cpu().clone()
         their[:, 1:] = their[:, 1:] * s + shift
         x_sp = coarse.replace_feature(
-            feats[_match(K.pack(in_coords.cpu()), K.pack(their.int())).to(dev)]
+            feats[_match(coord_keys.pack(in_coords.cpu()), coord_keys.pack(their.int())).to(dev)]
         )
         layer = spconv.SparseInverseConv3d(c, c, k, bias=False, indice_key="bench", **algo)
     else:
@@ -268,7 +268,7 @@ def _spconv_layer(base_coords, in_coords, feats, weight, k, s, ts, transposed, r
     scale = 1 if transposed else ts * s
     their_out = first.indices.cpu().clone()
     their_out[:, 1:] = their_out[:, 1:] * scale + shift
-    order = _match(K.pack(their_out.int()), K.pack(ref_coords.cpu())).to(dev)
+    order = _match(coord_keys.pack(their_out.int()), coord_keys.pack(ref_coords.cpu())).to(dev)
 
     def forward():
         with torch.no_grad():

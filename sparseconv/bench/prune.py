@@ -19,22 +19,23 @@ import torch
 from tqdm.auto import tqdm
 
 from sparseconv.bench.report import environment
+from sparseconv.prune.tracing import call_model
 from sparseconv.tensor import SparseTensor
-from sparseconv.train import pruning as TP
+from sparseconv.train import pruning
 from sparseconv.utils.optional import pyplot
 from sparseconv.utils.timing import interleaved, median, ratio
 
 DEFAULT_SPECS = (
-    TP.PruneSpec("dense"),
-    TP.PruneSpec("channel", ratio=0.3, importance="l2"),
-    TP.PruneSpec("channel", ratio=0.5, importance="l2"),
+    pruning.PruneSpec("dense"),
+    pruning.PruneSpec("channel", ratio=0.3, importance="l2"),
+    pruning.PruneSpec("channel", ratio=0.5, importance="l2"),
     # about half the MACs with SIMD-aligned widths (odd widths run slower per MAC on CPU)
-    TP.PruneSpec("channel", ratio=0.4, importance="l2", round_to=8),
-    TP.PruneSpec("channel", ratio=0.3, importance="uniform"),
-    TP.PruneSpec("channel", ratio=0.3, importance="random"),
-    TP.PruneSpec("nm", n=2, m=4, importance="l1"),
-    TP.PruneSpec("nm", n=2, m=4, importance="l1", keep_ends=True),
-    TP.PruneSpec("fine", sparsity=0.5, importance="l1"),
+    pruning.PruneSpec("channel", ratio=0.4, importance="l2", round_to=8),
+    pruning.PruneSpec("channel", ratio=0.3, importance="uniform"),
+    pruning.PruneSpec("channel", ratio=0.3, importance="random"),
+    pruning.PruneSpec("nm", n=2, m=4, importance="l1"),
+    pruning.PruneSpec("nm", n=2, m=4, importance="l1", keep_ends=True),
+    pruning.PruneSpec("fine", sparsity=0.5, importance="l1"),
 )
 
 
@@ -49,7 +50,7 @@ def _fresh(example):
 
 def _call(model, example):
     with torch.no_grad():
-        return model(*example) if isinstance(example, tuple) else model(example)
+        return call_model(model, example)
 
 
 def run(
@@ -63,21 +64,21 @@ def run(
 ) -> dict:
     """Score, count and time ``specs`` on the run's held-out scan; ``device`` overrides the run's
     own device setting (fine-tuning and timing both happen there)."""
-    loaded = TP.load_run(run_dir, [f"device={device}"] if device else None)
+    loaded = pruning.load_run(run_dir, [f"device={device}"] if device else None)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "prune_bench"
     out_dir.mkdir(parents=True, exist_ok=True)
-    example = TP.example_input(
-        loaded.model, TP.first_batch(loaded.val_set, loaded.device), loaded.cfg.voxel_size
+    example = pruning.example_input(
+        loaded.model, pruning.first_batch(loaded.val_set, loaded.device), loaded.cfg.voxel_size
     )
-    dense_miou = TP.score(loaded.model, loaded)
+    dense_miou = pruning.score(loaded.model, loaded)
     rows, models = [], {}
     for spec in tqdm(specs, desc="prune variants", disable=not progress):
-        model, info = TP.apply(spec, loaded.model, example)
-        info["miou_pruned"] = dense_miou if spec.method == "dense" else TP.score(model, loaded)
+        model, info = pruning.apply(spec, loaded.model, example)
+        info["miou_pruned"] = dense_miou if spec.method == "dense" else pruning.score(model, loaded)
         if finetune_steps:
             safe = spec.label.replace(" ", "_").replace(":", "-")
-            TP.finetune(model, loaded.cfg, finetune_steps, out_dir / safe, progress=False)
-            info["miou_finetuned"] = TP.score(model, loaded)
+            pruning.finetune(model, loaded.cfg, finetune_steps, out_dir / safe, progress=False)
+            info["miou_finetuned"] = pruning.score(model, loaded)
         else:
             info["miou_finetuned"] = info["miou_pruned"]
         model.eval()

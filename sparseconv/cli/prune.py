@@ -29,21 +29,21 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparseconv import prune as P
-    from sparseconv.train import pruning as TP
+    from sparseconv import prune
+    from sparseconv.train import pruning
     from sparseconv.train.report import write_json
 
-    spec = TP.parse_spec(args.variant)
-    loaded = TP.load_run(args.run, args.overrides)
+    spec = pruning.parse_spec(args.variant)
+    loaded = pruning.load_run(args.run, args.overrides)
     out = args.out or args.run / "pruned"
     out.mkdir(parents=True, exist_ok=True)
-    batch = TP.first_batch(loaded.val_set, loaded.device)
-    example = TP.example_input(loaded.model, batch, loaded.cfg.voxel_size)
+    batch = pruning.first_batch(loaded.val_set, loaded.device)
+    example = pruning.example_input(loaded.model, batch, loaded.cfg.voxel_size)
     if args.show_graph:
-        print(P.DependencyGraph(loaded.model, example))
+        print(prune.DependencyGraph(loaded.model, example))
     if args.sensitivity:
-        sens = P.sensitivity_scan(
-            loaded.model, example, lambda m: TP.score(m, loaded), importance=spec.importance
+        sens = prune.sensitivity_scan(
+            loaded.model, example, lambda m: pruning.score(m, loaded), importance=spec.importance
         )
         png = sens.plot(out / "sensitivity.png")
         write_json(out / "sensitivity.json", {"baseline": sens.baseline, "ratios": sens.ratios,
@@ -51,15 +51,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"sensitivity plot: {png}; ratios within 1 mIoU point: {sens.pick(1.0)}")
         return 0
     dense = {
-        "macs": P.count_macs(loaded.model, example)["total"],
-        "miou": TP.score(loaded.model, loaded),
+        "macs": prune.count_macs(loaded.model, example)["total"],
+        "miou": pruning.score(loaded.model, loaded),
     }
-    model, info = TP.apply(spec, loaded.model, example)
-    info["miou_pruned"] = TP.score(model, loaded)
+    model, info = pruning.apply(spec, loaded.model, example)
+    info["miou_pruned"] = pruning.score(model, loaded)
     if args.finetune_steps:
-        TP.finetune(model, loaded.cfg, args.finetune_steps, out / "finetune")
-    info["miou_finetuned"] = TP.score(model, loaded)
-    P.save(model, out / "pruned.npz")
+        pruning.finetune(model, loaded.cfg, args.finetune_steps, out / "finetune")
+    info["miou_finetuned"] = pruning.score(model, loaded)
+    prune.save(model, out / "pruned.npz")
     write_json(out / "prune.json", {"variant": args.variant, "dense": dense, "pruned": info})
     print(
         f"{spec.label}: MACs {info['macs'] / 1e9:.2f} G ({100 * info['macs'] / dense['macs']:.0f} % "

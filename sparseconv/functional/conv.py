@@ -48,33 +48,58 @@ def conv3d(
     downsample_mode: str = "minkowski",
     method: str = "auto",
     deterministic: bool = False,
-    packed_weight: list[torch.Tensor] | None = None,
 ) -> SparseTensor:
     """Sparse 3-D convolution of ``x`` with ``weight`` ``[K, Cin, Cout]``.
 
     ``stride=1`` (not transposed) is submanifold: outputs on the input coordinates. A strided conv
     maps to ``x.stride * stride``; ``transposed=True`` goes back to ``x.stride / stride`` onto the
     coordinates of the strided conv it inverts when that map is in ``x.cache``. The kernel map is
-    taken from / stored in ``x.cache``. ``dataflow`` is ``"auto"``, ``"torch"``,
-    ``"cpu_implicit_gemm"`` (fused C kernels on CPU, computing in float32),
-    ``"triton_gather_scatter"`` or ``"triton_implicit_gemm"``; ``deterministic=True`` forbids
-    atomics. ``packed_weight`` (per-offset compressed 2:4 weights, see
-    :mod:`sparseconv.functional.semi_structured`) replaces ``weight`` when no gradient is needed.
+    taken from / stored in ``x.cache``. ``dataflow`` is ``"auto"`` or a name in
+    :data:`~sparseconv.functional.dataflows.DATAFLOWS` (``"torch"``, ``"cpu_implicit_gemm"``:
+    fused C kernels on CPU computing in float32, ``"triton_implicit_gemm"``, ...);
+    ``deterministic=True`` forbids atomics.
     """
+    kmap = _kernel_map(x, weight, bias, kernel_size, stride, dilation, transposed, downsample_mode,
+                       method)  # fmt: skip
+    flow = resolve(dataflow, x.feats, weight, kmap, deterministic)
+    feats = SparseConvFunction.apply(x.feats.contiguous(), weight, kmap, flow)
+    return _output(x, feats, bias, kmap, stride, transposed)
+
+
+def semi_structured_conv3d(
+    x: SparseTensor,
+    weight: torch.Tensor,
+    packed: list[torch.Tensor],
+    bias: torch.Tensor | None = None,
+    kernel_size: int | tuple[int, int, int] = 3,
+    stride: int | tuple[int, int, int] = 1,
+    dilation: int | tuple[int, int, int] = 1,
+    transposed: bool = False,
+    downsample_mode: str = "minkowski",
+    method: str = "auto",
+) -> SparseTensor:
+    """Inference-only :func:`conv3d` whose GEMMs take ``packed``, the per-offset compressed
+    2:4 form of ``weight`` (:func:`sparseconv.functional.semi_structured.pack`); no autograd."""
+    kmap = _kernel_map(x, weight, bias, kernel_size, stride, dilation, transposed, downsample_mode,
+                       method)  # fmt: skip
+    if len(packed) != kmap.kernel_volume:
+        raise ValueError(f"packed has {len(packed)} offsets, the kernel {kmap.kernel_volume}")
+    feats = semi_structured.forward(x.feats.contiguous(), packed, kmap)
+    return _output(x, feats, bias, kmap, stride, transposed)
+
+
+def _kernel_map(x, weight, bias, kernel_size, stride, dilation, transposed, mode, method):
     if not isinstance(x, SparseTensor):
         raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
     ks = as_triple(kernel_size, "kernel_size")
     _check_weight(x, weight, bias, math.prod(ks))
-    kmap = build_kernel_map(
-        x.coords, ks, stride, dilation, method=method, downsample_mode=downsample_mode,
+    return build_kernel_map(
+        x.coords, ks, stride, dilation, method=method, downsample_mode=mode,
         tensor_stride=x.stride, transposed=transposed, cache=x.cache,
     )  # fmt: skip
-    needs_grad = torch.is_grad_enabled() and (weight.requires_grad or x.feats.requires_grad)
-    if packed_weight is not None and not needs_grad:
-        feats = semi_structured.forward(x.feats.contiguous(), packed_weight, kmap)
-    else:
-        flow = resolve(dataflow, x.feats, weight, kmap, deterministic)
-        feats = SparseConvFunction.apply(x.feats.contiguous(), weight, kmap, flow)
+
+
+def _output(x, feats, bias, kmap: KernelMap, stride, transposed: bool) -> SparseTensor:
     if bias is not None:
         feats = feats + bias
     s = as_triple(stride, "stride")

@@ -23,7 +23,7 @@ import torch
 
 from sparseconv.functional import output_blocks
 from sparseconv.functional.grouping import plan_groups
-from sparseconv.maps.kernel_map import KernelMap
+from sparseconv.maps.kernel_map import KernelMap, PlanKind
 from sparseconv.utils.precision import accumulation_dtype
 
 
@@ -58,7 +58,7 @@ class Plan:
 def _plan(kmap: KernelMap, reverse: bool, max_waste: float) -> Plan:
     """The cached plan of ``kmap`` read forward (in -> out) or in reverse (out -> in)."""
     return kmap.plan(
-        ("torch_groups", reverse, max_waste), lambda: _build_plan(kmap, reverse, max_waste)
+        PlanKind.TORCH_GROUPS, lambda: _build_plan(kmap, reverse, max_waste), reverse, max_waste
     )
 
 
@@ -104,11 +104,10 @@ def _padded_group(group, ptr, src_idx, dst_idx, n_dst):
     return s_idx, d_idx
 
 
-# On CPU each step runs in blocks of rows (2 MiB of gathered inputs or products: one L2 per core
-# on the 2-core bench machine), through buffers reused across blocks. A whole-step gather of a
-# 100 k-voxel scan at C = 64 writes fresh tensors of tens of MB: their page faults cost more
-# than the copy, and the GEMM then streams them back from DRAM. Blocked, a C >= 32 layer runs
-# 1.3-1.4x faster (C = 16: 1.1x). CUDA keeps whole steps (one launch each).
+# On CPU each step runs in blocks of rows (2 MiB of gathered inputs or products: about one
+# core's L2), through buffers reused across blocks. A whole-step gather of a 100 k-voxel scan at
+# C = 64 writes fresh tensors of tens of MB: their page faults cost more than the copy, and the
+# GEMM then streams them back from DRAM. CUDA keeps whole steps (one launch each).
 CPU_BLOCK_BYTES = 2 << 20
 MIN_BLOCK_ROWS = 256
 
@@ -204,7 +203,8 @@ def _gather_gemm_store(blocks: _Blocks, weight: torch.Tensor, plan: Plan, acc) -
 
     Each offset's product lands in its own contiguous slice of a pair-ordered buffer, then one
     row gather puts the buffer in destination order. Two parallel gathers replace a zero fill and
-    a scatter (``index_add_`` and ``index_copy_`` both run at ~3 GB/s on this CPU).
+    a scatter (on CPU ``index_add_`` and ``index_copy_`` move one element at a time, far below
+    the memory bandwidth that a row gather reaches).
     """
     src = blocks.src
     buf = torch.empty((plan.src_idx.numel(), weight.shape[2]), dtype=acc, device=src.device)
@@ -221,34 +221,65 @@ def _gather_gemm_store(blocks: _Blocks, weight: torch.Tensor, plan: Plan, acc) -
 
 
 # At or below this many channels (the larger of Cin and Cout) the CPU path sums each destination
-# row's products with embedding_bag (output_blocks) instead of index_add_: 1.2x (C = 32) to
-# 1.9x (C = 8) faster per layer on the real scan; from C = 48 on the scatter-add path is level
-# or ahead, its GEMMs being larger.
+# row's products with embedding_bag (output_blocks) instead of index_add_, which adds one
+# element at a time on CPU; from C = 48 on, the scatter-add path's larger GEMMs make it level or
+# ahead (figures in docs/benchmarks.md).
 OUTPUT_BLOCKS_MAX_CHANNELS = 32
 
+ALGORITHMS = ("gather_scatter", "output_blocks")
 
-def _run(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, reverse: bool, max_waste):
+
+def output_blocks_unsupported(src: torch.Tensor) -> str:
+    """Why the output-block algorithm cannot run on ``src`` ('' when it can)."""
+    if src.device.type != "cpu":
+        return f"it is a CPU algorithm (its block layout lives on the host), got {src.device}"
+    if src.dtype != accumulation_dtype(src.dtype):
+        return f"it sums in the operands' dtype, so it takes float32/float64, got {src.dtype}"
+    return ""
+
+
+def choose_algorithm(src: torch.Tensor, weight: torch.Tensor, plan: Plan) -> str:
+    """The planner of the ``torch`` dataflow: which plain-torch algorithm runs this call.
+
+    ``output_blocks`` on CPU for float32/float64 layers of at most
+    ``OUTPUT_BLOCKS_MAX_CHANNELS`` channels whose map is not injective; ``gather_scatter``
+    otherwise (on an injective map it stores each row once instead of scatter-adding).
+    """
+    small = max(weight.shape[1], weight.shape[2]) <= OUTPUT_BLOCKS_MAX_CHANNELS
+    if not plan.injective and small and not output_blocks_unsupported(src):
+        return "output_blocks"
+    return "gather_scatter"
+
+
+def _run(src, weight, kmap, reverse, max_waste, algorithm: str | None) -> torch.Tensor:
     plan = _plan(kmap, reverse, max_waste)
-    if (
-        not plan.injective
-        and _block_rows(src, weight.shape[2]) is not None
-        and max(weight.shape[1], weight.shape[2]) <= OUTPUT_BLOCKS_MAX_CHANNELS
-    ):
+    algorithm = algorithm or choose_algorithm(src, weight, plan)
+    if algorithm == "output_blocks":
         pairs = output_blocks.block_pairs(weight.shape[1], weight.shape[2], src.element_size())
         return output_blocks.gemm_sum(src, weight, output_blocks.plan(kmap, reverse, pairs))
     return gather_gemm_scatter(src, weight, plan)
 
 
 def forward(
-    x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, max_waste: float = 0.25
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    kmap: KernelMap,
+    max_waste: float = 0.25,
+    algorithm: str | None = None,
 ) -> torch.Tensor:
-    return _run(x, weight, kmap, False, max_waste)
+    """``y = conv(x, W)``; ``algorithm`` None lets :func:`choose_algorithm` decide."""
+    return _run(x, weight, kmap, False, max_waste, algorithm)
 
 
 def backward_input(
-    dy: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, max_waste: float = 0.25
+    dy: torch.Tensor,
+    weight: torch.Tensor,
+    kmap: KernelMap,
+    max_waste: float = 0.25,
+    algorithm: str | None = None,
 ) -> torch.Tensor:
-    return _run(dy, weight.transpose(1, 2), kmap, True, max_waste)
+    """``dx = conv^T(dy, W^T)`` over the same map read in reverse."""
+    return _run(dy, weight.transpose(1, 2), kmap, True, max_waste, algorithm)
 
 
 def backward_weight(

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import torch
 
-from sparseconv.maps.kernel_map import KernelMap
+from sparseconv.maps.kernel_map import KernelMap, PlanKind
 
 
 def _blocks(kmap: KernelMap):
     """Per-program (offset, start, end) of the pair blocks of the gather-scatter kernel."""
     from sparseconv.kernels.gather_scatter import BM, pair_blocks
 
-    return kmap.plan("gs_blocks", lambda: pair_blocks(kmap.offset_ptr, BM, kmap.device))
+    return kmap.plan(
+        PlanKind.GATHER_SCATTER_BLOCKS, lambda: pair_blocks(kmap.offset_ptr, BM, kmap.device)
+    )
 
 
 def gs_forward(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
@@ -39,7 +41,7 @@ def backward_weight(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap) -> torch
     from sparseconv.kernels.gather_scatter import weight_grad
 
     # kept on the device: a pageable host-to-device copy per call blocks the host
-    ptr_dev = kmap.plan("ptr_on_device", lambda: kmap.offset_ptr.to(x.device))
+    ptr_dev = kmap.plan(PlanKind.OFFSET_PTR_ON_DEVICE, lambda: kmap.offset_ptr.to(x.device))
     return weight_grad(x, dy.contiguous(), kmap.in_idx, kmap.out_idx, kmap.offset_ptr, ptr_dev)
 
 
@@ -47,7 +49,7 @@ def _row_order(kmap: KernelMap) -> torch.Tensor:
     """Output rows sorted by neighbour mask (the implicit GEMM's tiles skip absent offsets)."""
     from sparseconv.kernels.implicit_gemm import neighbour_mask_order
 
-    return kmap.plan("ig_row_order", lambda: neighbour_mask_order(kmap.nbmap))
+    return kmap.plan(PlanKind.ROW_ORDER, lambda: neighbour_mask_order(kmap.nbmap))
 
 
 def ig_forward(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:

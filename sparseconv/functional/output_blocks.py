@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sparseconv.maps.kernel_map import KernelMap
+from sparseconv.maps.kernel_map import KernelMap, PlanKind
 
 # pair products per block: about 4 MiB of float32 at C = 64, so a block's gathered inputs and
 # products stay in the last-level cache between the GEMMs and the bag sum
@@ -57,8 +57,10 @@ def block_pairs(c_in: int, c_out: int, element_size: int) -> int:
 def plan(kmap: KernelMap, reverse: bool, pairs_per_block: int) -> OutputPlan:
     """The cached block layout of ``kmap`` read forward (in -> out) or in reverse (out -> in)."""
     return kmap.plan(
-        ("output_blocks", reverse, pairs_per_block),
+        PlanKind.OUTPUT_BLOCKS,
         lambda: _build(kmap, reverse, pairs_per_block),
+        reverse,
+        pairs_per_block,
     )
 
 

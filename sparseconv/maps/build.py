@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sparseconv.maps import keys as K
-from sparseconv.maps import output_coords as oc
+from sparseconv.maps import keys as coord_keys
+from sparseconv.maps import output_coords
 from sparseconv.maps.cache import MapCache
 from sparseconv.maps.kernel_map import KernelMap, from_neighbor_matrix, submanifold_from_half
 from sparseconv.maps.neighbors import METHODS, neighbor_matrix
@@ -54,7 +54,7 @@ def build_kernel_map(
     key = (ts, ks, s, d, transposed, downsample_mode)
     if cache is not None and key in cache.kmaps:
         return cache.kmaps[key]  # checked when it was built; a hit costs no device sync
-    K.check_coords(coords)
+    coord_keys.check_coords(coords)
     offsets = kernel_offsets(ks, centred=s == (1, 1, 1))
     if transposed:
         kmap = _transposed(coords, ks, s, d, ts, offsets, method, downsample_mode, cache)
@@ -67,7 +67,7 @@ def build_kernel_map(
 
 def _forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap:
     shifts = scaled_offsets(offsets, d, ts).to(coords.device)
-    in_keys = K.pack(coords)
+    in_keys = coord_keys.pack(coords)
     table = cache.table(ts, coords, in_keys) if (cache is not None and method == "hash") else None
     if s == (1, 1, 1):
         if all(k % 2 == 1 for k in _kernel_dims(offsets)):
@@ -77,14 +77,14 @@ def _forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap:
     else:
         ts_out = tuple(a * b for a, b in zip(ts, s))
         if mode == "minkowski":
-            out_coords = oc.strided_minkowski(coords, ts_out)
+            out_coords = output_coords.strided_minkowski(coords, ts_out)
         else:
-            out_coords = oc.strided_spconv(coords, shifts, ts_out)
+            out_coords = output_coords.strided_spconv(coords, shifts, ts_out)
         if cache is not None:
             out_coords = (
                 cache.coords.setdefault(ts_out, out_coords) if mode == "minkowski" else out_coords
             )
-    found = neighbor_matrix(in_keys, K.pack(out_coords), shifts, method, table)
+    found = neighbor_matrix(in_keys, coord_keys.pack(out_coords), shifts, method, table)
     return from_neighbor_matrix(found, out_coords, coords.shape[0], offsets)
 
 
@@ -100,8 +100,8 @@ def _transposed(coords, ks, s, d, ts, offsets, method, mode, cache) -> KernelMap
         if down_key in cache.kmaps and fine is not None:
             return cache.kmaps[down_key].transposed(fine)
     deltas = scaled_offsets(offsets, d, ts_out).to(coords.device)
-    out_coords = oc.transposed_generative(coords, deltas)
-    found = neighbor_matrix(K.pack(coords), K.pack(out_coords), -deltas, method)
+    out_coords = output_coords.transposed_generative(coords, deltas)
+    found = neighbor_matrix(coord_keys.pack(coords), coord_keys.pack(out_coords), -deltas, method)
     return from_neighbor_matrix(found, out_coords, coords.shape[0], offsets)
 
 

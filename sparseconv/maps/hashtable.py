@@ -53,9 +53,9 @@ class HashTable:
         """Table mapping ``keys[i] -> i``; raises ``ValueError`` on duplicate keys."""
         cap = capacity_for(keys.numel())
         if _want_triton(keys, use_triton):
-            from sparseconv.kernels import hash_table as tk
+            from sparseconv.kernels import hash_table as triton_table
 
-            tkeys, tvals, dup = tk.build(keys, cap)
+            tkeys, tvals, dup = triton_table.build(keys, cap)
         else:
             tkeys, tvals, dup = _build_torch(keys, cap)
         if bool(dup.any()):
@@ -68,9 +68,9 @@ class HashTable:
     def query(self, queries: torch.Tensor, use_triton: bool | None = None) -> torch.Tensor:
         """int32 row index of every query key, -1 where the key is absent."""
         if _want_triton(queries, use_triton):
-            from sparseconv.kernels import hash_table as tk
+            from sparseconv.kernels import hash_table as triton_table
 
-            return tk.query(self.keys, self.vals, queries)
+            return triton_table.query(self.keys, self.vals, queries)
         return _query_torch(self.keys, self.vals, queries)
 
 

@@ -17,11 +17,26 @@ swapped, so only half of the offsets are searched and the centre offset is the i
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+
+class PlanKind(enum.Enum):
+    """Every index layout that code derives from a map and keeps in ``KernelMap.plans``.
+
+    One place names them all, so two modules can never store different layouts under one key.
+    """
+
+    TRANSPOSED = "the transposed map (input gradient)"
+    TORCH_GROUPS = "padded offset groups of the torch gather-scatter algorithm"
+    OUTPUT_BLOCKS = "destination-row blocks of the torch output-block algorithm"
+    GATHER_SCATTER_BLOCKS = "per-program pair blocks of the Triton gather-scatter kernel"
+    OFFSET_PTR_ON_DEVICE = "offset_ptr copied to the map's device"
+    ROW_ORDER = "output rows in neighbour-mask order (Triton implicit GEMM)"
 
 
 @dataclass
@@ -37,12 +52,15 @@ class KernelMap:
     # derived index layouts that dataflows build once per map (e.g. padded offset groups)
     plans: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def plan(self, key: object, build: Callable[[], Any]) -> Any:
-        """The layout stored under ``key`` in ``plans``, built by ``build()`` on first use.
+    def plan(self, kind: PlanKind, build: Callable[[], Any], *params: object) -> Any:
+        """The layout of ``kind`` (and ``params``) in ``plans``, built by ``build()`` on first use.
 
         Dataflows derive index layouts from a map (padded groups, pair blocks, row orders); a map
         serves every layer of a stage and the backward pass, so each is built once.
         """
+        if not isinstance(kind, PlanKind):
+            raise TypeError(f"plan kinds are PlanKind members, got {kind!r}")
+        key = (kind, *params)
         if key not in self.plans:
             self.plans[key] = build()
         return self.plans[key]
@@ -110,18 +128,7 @@ class KernelMap:
             placeholder = torch.empty((self.n_in, 4), dtype=torch.int32, device=self.device)
             return self.transposed(placeholder)
 
-        return self.plan("transposed", build)
-
-    def to(self, device: torch.device | str) -> KernelMap:
-        return KernelMap(
-            self.in_idx.to(device),
-            self.out_idx.to(device),
-            self.offset_ptr,
-            self.out_coords.to(device),
-            self.n_in,
-            list(self.offsets),
-            self.submanifold,
-        )
+        return self.plan(PlanKind.TRANSPOSED, build)
 
 
 def from_neighbor_matrix(

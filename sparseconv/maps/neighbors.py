@@ -20,7 +20,7 @@ from collections import defaultdict
 
 import torch
 
-from sparseconv.maps import keys as K
+from sparseconv.maps import keys as coord_keys
 from sparseconv.maps.hashtable import HashTable
 
 METHODS = ("hash", "mergesort")
@@ -43,7 +43,7 @@ def neighbor_matrix(
 
 
 def _packed_shifts(shifts: torch.Tensor) -> list[int]:
-    return [K.pack_offset(tuple(s)) for s in shifts.tolist()]
+    return [coord_keys.pack_offset(tuple(s)) for s in shifts.tolist()]
 
 
 def _by_hash(
@@ -89,7 +89,7 @@ def _by_mergesort(
     found_sorted = torch.empty((n_shift, n_out), dtype=torch.int32, device=device)
     for (dx, dy), items in columns.items():
         items.sort()
-        base = sorted_out + K.pack_offset((dx, dy, 0))
+        base = sorted_out + coord_keys.pack_offset((dx, dy, 0))
         pos = torch.searchsorted(sorted_in, base + items[0][0])
         prev_dz = items[0][0]
         for dz, k in items:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from sparseconv.maps import keys as K
+from sparseconv.maps import keys as coord_keys
 from sparseconv.maps.offsets import Triple
 
 
 def _unique_coords(coords: torch.Tensor) -> torch.Tensor:
-    return K.unpack(torch.unique(K.pack(coords)))
+    return coord_keys.unpack(torch.unique(coord_keys.pack(coords)))
 
 
 def strided_minkowski(coords: torch.Tensor, out_stride: Triple) -> torch.Tensor:
@@ -42,7 +42,7 @@ def strided_spconv(coords: torch.Tensor, deltas: torch.Tensor, out_stride: Tripl
     on_grid = (torch.remainder(cand, s) == 0).all(dim=2)
     batch = coords[:, :1].expand(d.shape[0], -1, -1)
     cand = torch.cat([batch, cand], dim=2)[on_grid]
-    K.check_coords(cand, "output coords")
+    coord_keys.check_coords(cand, "output coords")
     return _unique_coords(cand)
 
 
@@ -54,5 +54,5 @@ def transposed_generative(coords: torch.Tensor, deltas: torch.Tensor) -> torch.T
     cand = coords[None, :, 1:] + d[:, None, :]
     batch = coords[:, :1].expand(d.shape[0], -1, -1)
     cand = torch.cat([batch, cand], dim=2).reshape(-1, 4)
-    K.check_coords(cand, "output coords")
+    coord_keys.check_coords(cand, "output coords")
     return _unique_coords(cand)

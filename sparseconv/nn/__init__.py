@@ -4,6 +4,7 @@ from sparseconv.nn import convert
 from sparseconv.nn.conv import Conv3d
 from sparseconv.nn.pointwise import BatchNorm, Dropout, GroupNorm, LeakyReLU, ReLU, Sequential
 from sparseconv.nn.pooling import AvgPool3d, GlobalAvgPool, GlobalMaxPool, MaxPool3d
+from sparseconv.nn.semi_structured import SemiStructuredConv3d
 
 __all__ = [
     "AvgPool3d",
@@ -16,6 +17,7 @@ __all__ = [
     "LeakyReLU",
     "MaxPool3d",
     "ReLU",
+    "SemiStructuredConv3d",
     "Sequential",
     "convert",
 ]

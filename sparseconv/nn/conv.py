@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from sparseconv.functional.conv import conv3d
+from sparseconv.functional.dataflows import check_name
 from sparseconv.maps.offsets import as_triple
 from sparseconv.tensor import SparseTensor
 
@@ -43,14 +44,12 @@ class Conv3d(nn.Module):
         self.stride = as_triple(stride, "stride")
         self.dilation = as_triple(dilation, "dilation")
         self.transposed = transposed
-        self.dataflow = dataflow
+        self.dataflow = check_name(dataflow)
         self.downsample_mode = downsample_mode
         self.deterministic = deterministic
         volume = math.prod(self.kernel_size)
         self.weight = nn.Parameter(torch.empty(volume, in_channels, out_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        # compressed 2:4 snapshot of ``weight`` for inference (sparseconv.prune.accelerate_nm)
-        self.packed_weight: list[torch.Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -64,14 +63,7 @@ class Conv3d(nn.Module):
             x, self.weight, self.bias, self.kernel_size, self.stride, self.dilation,
             transposed=self.transposed, dataflow=self.dataflow,
             downsample_mode=self.downsample_mode, deterministic=self.deterministic,
-            packed_weight=None if self.training else self.packed_weight,
         )  # fmt: skip
-
-    def train(self, mode: bool = True) -> Conv3d:
-        """Training changes the weights, so the inference-only 2:4 snapshot is dropped."""
-        if mode:
-            self.packed_weight = None
-        return super().train(mode)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from sparseconv.functional import semi_structured
-from sparseconv.nn import Conv3d
+from sparseconv.nn import Conv3d, SemiStructuredConv3d
+from sparseconv.nn.semi_structured import Packer
+from sparseconv.prune.tracing import layer_inputs
 from sparseconv.tensor import SparseTensor
 from sparseconv.utils.timing import interleaved, median, ratio
 
@@ -44,89 +46,79 @@ class AccelerationReport:
 
 
 def accelerate_nm(
-    model: nn.Module, example: SparseTensor, rounds: int = 20, min_speedup: float = 1.05
+    model: nn.Module,
+    example: SparseTensor,
+    rounds: int = 20,
+    min_speedup: float = 1.05,
+    pack: Packer = semi_structured.pack,
 ) -> AccelerationReport:
-    """Switch 2:4-sparse ``Conv3d`` layers of ``model`` to the semi-structured sparse GEMM.
+    """Swap 2:4-sparse ``Conv3d`` layers of ``model`` for :class:`SemiStructuredConv3d`.
 
-    Puts ``model`` in eval mode (the compressed weights are an inference snapshot; ``model.train()``
-    drops them — call again after changing the weights). A layer switches when its median
-    per-round speed-up on ``example``'s activations is at least ``min_speedup`` and its output
-    matches the dense one; every other layer stays dense, with the reason in the report.
+    A layer is swapped when its median per-round speed-up on ``example``'s activations is at
+    least ``min_speedup`` and its output matches the dense one; every other layer stays a plain
+    ``Conv3d``, with the reason in the report. Swapped layers keep their parameters, masks and
+    ``state_dict`` keys, infer on the sparse GEMM in eval mode and train densely. Layers that
+    already are ``SemiStructuredConv3d`` are measured again. Puts ``model`` in eval mode.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if not min_speedup > 0:
+        raise ValueError(f"min_speedup must be > 0, got {min_speedup}")
     model.eval()
     report = AccelerationReport()
     eligible = {}
-    for name, mod in model.named_modules():
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, SemiStructuredConv3d):
+            mod = _replace(model, name, mod.to_conv())
         if not isinstance(mod, Conv3d):
             continue
-        mod.packed_weight = None
         reason = semi_structured.unsupported_reason(mod.weight)
         if reason is None:
             eligible[name] = mod
         else:
             report.layers[name] = LayerPath(False, reason)
-    if not eligible:
-        return report
-    inputs = _layer_inputs(model, example, eligible)
-    for name, mod in eligible.items():
-        report.layers[name] = _choose(mod, inputs[name], rounds, min_speedup)
+    if eligible:
+        inputs = layer_inputs(model, example, eligible)
+        for name, conv in eligible.items():
+            path, layer = _choose(conv, inputs[name], rounds, min_speedup, pack)
+            report.layers[name] = path
+            if path.sparse:
+                _replace(model, name, layer)
     return _in_module_order(report, model)
 
 
-def _layer_inputs(
-    model: nn.Module, example: SparseTensor, layers: dict[str, Conv3d]
-) -> dict[str, SparseTensor]:
-    """The input each layer sees in one forward pass of ``example`` (maps cached alongside)."""
-    seen: dict[str, SparseTensor] = {}
-    hooks = [
-        mod.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, args[0]))
-        for name, mod in layers.items()
-    ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
+def _replace(model: nn.Module, name: str, layer: nn.Module) -> nn.Module:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if not child:
+        raise ValueError("accelerate_nm swaps layers inside a model, not the model itself")
+    setattr(parent, child, layer)
+    return layer
 
 
-def _choose(layer: Conv3d, x: SparseTensor, rounds: int, min_speedup: float) -> LayerPath:
+def _choose(
+    conv: Conv3d, x: SparseTensor, rounds: int, min_speedup: float, pack: Packer
+) -> tuple[LayerPath, SemiStructuredConv3d | None]:
+    layer = SemiStructuredConv3d.from_conv(conv, pack)
     try:
-        packed = semi_structured.pack(layer.weight)
+        layer.packed()
     except ValueError as err:
-        return LayerPath(False, str(err))
-
-    def dense():
-        layer.packed_weight = None
-        return layer(x)
-
-    def sparse():
-        layer.packed_weight = packed
-        return layer(x)
-
+        return LayerPath(False, str(err)), None
     with torch.no_grad():
-        ref, got = dense().feats.float(), sparse().feats.float()
+        ref, got = conv(x).feats.float(), layer(x).feats.float()
         err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
         if err > 1e-2:
-            layer.packed_weight = None
-            return LayerPath(False, f"sparse output differs from dense (max rel. error {err:.2g})")
+            reason = f"sparse output differs from dense (max rel. error {err:.2g})"
+            return LayerPath(False, reason), None
         # 10 calls per sample: one ~0.1 ms layer per sample would time the device sync
-        times = interleaved({"dense": dense, "sparse": sparse}, rounds, device="cuda", inner=10)
+        contenders = {"dense": lambda: conv(x), "sparse": lambda: layer(x)}
+        times = interleaved(contenders, rounds, device=x.feats.device.type, inner=10)
     speedup = ratio(times, "sparse", "dense")
     d_ms, s_ms = median(times["dense"]) * 1e3, median(times["sparse"]) * 1e3
+    timing = f"{s_ms:.3f} ms sparse vs {d_ms:.3f} ms dense ({speedup:.2f}x)"
     if speedup >= min_speedup:
-        layer.packed_weight = packed
-        return LayerPath(True, f"{s_ms:.3f} ms vs {d_ms:.3f} ms dense ({speedup:.2f}x)", d_ms, s_ms)
-    layer.packed_weight = None
-    return LayerPath(
-        False,
-        f"not faster: {s_ms:.3f} ms sparse vs {d_ms:.3f} ms dense ({speedup:.2f}x)",
-        d_ms,
-        s_ms,
-    )
+        return LayerPath(True, timing, d_ms, s_ms), layer
+    return LayerPath(False, f"not faster: {timing}", d_ms, s_ms), None
 
 
 def _in_module_order(report: AccelerationReport, model: nn.Module) -> AccelerationReport:

@@ -18,6 +18,7 @@ from torch import nn
 from sparseconv.prune.graph import DependencyGraph, Group
 from sparseconv.prune.importance import BNScale, Importance, Magnitude, Random, Uniform
 from sparseconv.prune.shrink import remove_channels
+from sparseconv.prune.tracing import check_patterns, name_matches
 
 _BY_NAME = {
     "l1": lambda: Magnitude(1.0),
@@ -60,7 +61,7 @@ def kept_width(n: int, ratio: float, round_to: int) -> int:
 def group_ratio(group: Group, ratio: float, ratios: dict[str, float] | None) -> float:
     for name in group.producers:
         for key, r in (ratios or {}).items():
-            if name == key or name.startswith(key + "."):
+            if name_matches(name, [key]):
                 return r
     return ratio
 
@@ -139,6 +140,9 @@ def channel_prune(
     imp = resolve_importance(importance)
     target = model if inplace else copy.deepcopy(model)
     graph = DependencyGraph(target, example_input)
+    layer_names = [n for n, _ in target.named_modules() if n]
+    check_patterns(ignore, layer_names, "ignore")
+    check_patterns(ratios or {}, layer_names, "ratios")
     graph.ignore = tuple(ignore)
     groups = graph.prunable_groups()
     scores = imp.channel_scores(graph)

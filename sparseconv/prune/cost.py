@@ -7,12 +7,11 @@ are ``pairs * Cin * Cout`` (the map is the real work, not ``N * K``); a ``Linear
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from sparseconv import nn as snn
 from sparseconv.maps.build import build_kernel_map
-from sparseconv.prune.graph import _call
+from sparseconv.prune.tracing import call_model, observed
 
 
 def count_macs(model: nn.Module, example) -> dict[str, int]:
@@ -38,14 +37,7 @@ def count_macs(model: nn.Module, example) -> dict[str, int]:
         for m in model.modules()
         if isinstance(m, (snn.Conv3d, nn.Linear))
     ]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _call(model, example)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    with observed(model, handles):
+        call_model(model, example)
     macs["total"] = sum(macs.values())
     return macs

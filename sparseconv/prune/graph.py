@@ -33,6 +33,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from sparseconv import nn as snn
+from sparseconv.prune.tracing import call_model, name_matches, observed
 from sparseconv.tensor import SparseTensor
 
 PRODUCER_TYPES = (snn.Conv3d, nn.Linear)
@@ -267,14 +268,6 @@ def _is_leaf(m: nn.Module) -> bool:
     )
 
 
-def _call(model: nn.Module, example):
-    if isinstance(example, dict):
-        return model(**example)
-    if isinstance(example, tuple):
-        return model(*example)
-    return model(example)
-
-
 class DependencyGraph:
     """Channel classes and groups of a network, from one traced forward pass on ``example``.
 
@@ -293,17 +286,11 @@ class DependencyGraph:
                 handles.append(m.register_forward_hook(rec.hook))
             elif isinstance(m, (nn.ReLU, snn.ReLU)):
                 handles.append(m.register_forward_hook(rec.activation_hook))
-        was_training = model.training
-        model.eval()
         try:
-            with torch.no_grad(), rec:
-                out = _call(model, example)
+            with observed(model, handles), rec:
+                out = call_model(model, example)
         except (RuntimeError, ValueError, TypeError) as e:
             raise ValueError(f"tracing the model on example_input failed: {e}") from e
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was_training)
         for t in _tensors(out):  # the network's outputs keep their channels
             if rec.get(t) is not None:
                 rec.uf.block(rec.get(t))
@@ -363,7 +350,7 @@ class DependencyGraph:
         ignore = self.ignore if ignore is None else ignore
 
         def ignored(name: str) -> bool:
-            return any(name == p or name.startswith(p + ".") for p in ignore)
+            return name_matches(name, ignore)
 
         return [g for g in self.groups if g.prunable and not any(ignored(p) for p in g.producers)]
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from sparseconv import nn as snn
-from sparseconv.prune.graph import PRODUCER_TYPES, DependencyGraph, _call
+from sparseconv.prune.graph import PRODUCER_TYPES, DependencyGraph
+from sparseconv.prune.tracing import run_batches
 
 LossFn = Callable[[nn.Module, object], torch.Tensor]
 
@@ -287,19 +288,7 @@ class APoZ(Importance):
             return fn
 
         handles = [graph.modules[n].register_forward_hook(hook(n)) for n in acts]
-        model = graph.model
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for i, batch in enumerate(self.batches):
-                    if self.max_batches is not None and i >= self.max_batches:
-                        break
-                    _call(model, batch)
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was)
+        run_batches(graph.model, handles, self.batches, self.max_batches)
         apoz_sum = torch.zeros(len(graph.classes), dtype=torch.float64)
         n_act = torch.zeros(len(graph.classes), dtype=torch.float64)
         for n, classes in acts.items():

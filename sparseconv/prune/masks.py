@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from sparseconv.prune.importance import Importance, prunable_weights
+from sparseconv.prune.tracing import check_patterns, name_matches
 
 
 def _module_of(model: nn.Module, name: str) -> nn.Module:
@@ -98,10 +99,9 @@ class NMReport:
 
 
 def _selected(model: nn.Module, ignore: tuple[str, ...]) -> dict[str, nn.Parameter]:
-    def ignored(name: str) -> bool:
-        return any(name == p or name.startswith(p + ".") for p in ignore)
-
-    return {n: w for n, w in prunable_weights(model).items() if not ignored(n)}
+    weights = prunable_weights(model)
+    check_patterns(ignore, weights, "ignore")
+    return {n: w for n, w in weights.items() if not name_matches(n, ignore)}
 
 
 def _weight_scores(model: nn.Module, importance) -> dict[str, torch.Tensor]:

@@ -22,8 +22,9 @@ from torch import nn
 
 from sparseconv import nn as snn
 from sparseconv.maps.build import build_kernel_map
-from sparseconv.prune.graph import DependencyGraph, _call
+from sparseconv.prune.graph import DependencyGraph
 from sparseconv.prune.importance import Importance
+from sparseconv.prune.tracing import run_batches
 from sparseconv.tensor import SparseTensor
 
 
@@ -92,19 +93,7 @@ class Reconstruction(Importance):
             return fn
 
         handles = [graph.modules[n].register_forward_pre_hook(hook(n)) for n in names]
-        model = graph.model
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for i, batch in enumerate(self.batches):
-                    if self.max_batches is not None and i >= self.max_batches:
-                        break
-                    _call(model, batch)
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was)
+        run_batches(graph.model, handles, self.batches, self.max_batches)
         if not self.gram:
             raise ValueError("reconstruction needs at least one calibration batch")
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparseconv import datasets as D
-from sparseconv import prune as P
+from sparseconv import datasets, prune
 from sparseconv.models import SPVCNN
 from sparseconv.train.checkpoint import load_latest
 from sparseconv.train.config import TrainConfig, load_config
@@ -57,8 +56,8 @@ class PruneSpec:
 class LoadedRun:
     cfg: TrainConfig
     model: nn.Module
-    train_set: D.ScanDataset
-    val_set: D.ScanDataset
+    train_set: datasets.ScanDataset
+    val_set: datasets.ScanDataset
     device: torch.device
 
 
@@ -78,7 +77,7 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedR
     return LoadedRun(cfg, model, train_set, val_set, pick_device(cfg.device))
 
 
-def example_input(model: nn.Module, batch: D.Batch, voxel_size: float):
+def example_input(model: nn.Module, batch: datasets.Batch, voxel_size: float):
     """What ``model.forward`` takes for ``batch``: the voxels, plus the points for SPVCNN."""
     if isinstance(model, SPVCNN):
         return (batch.x, batch.points, voxel_size)
@@ -90,20 +89,20 @@ def apply(spec: PruneSpec, model: nn.Module, example) -> tuple[nn.Module, dict]:
     model = copy.deepcopy(model)
     info: dict = {"label": spec.label, "method": spec.method}
     if spec.method == "channel":
-        model = P.channel_prune(
+        model = prune.channel_prune(
             model, example, spec.ratio, spec.importance, global_ranking=spec.global_ranking,
             round_to=spec.round_to, inplace=True,
         )  # fmt: skip
     elif spec.method == "nm":
-        report = P.nm_prune(model, spec.n, spec.m, spec.importance, keep_ends=spec.keep_ends)
+        report = prune.nm_prune(model, spec.n, spec.m, spec.importance, keep_ends=spec.keep_ends)
         info["skipped"] = report.skipped
     elif spec.method == "fine":
-        P.fine_grained_prune(model, spec.sparsity, spec.importance)
+        prune.fine_grained_prune(model, spec.sparsity, spec.importance)
     info["params"] = sum(p.numel() for p in model.parameters())
     info["nonzero_weights"] = sum(
-        int((w != 0).sum()) for w in P.importance.prunable_weights(model).values()
+        int((w != 0).sum()) for w in prune.importance.prunable_weights(model).values()
     )
-    info["macs"] = P.count_macs(model, example)["total"]
+    info["macs"] = prune.count_macs(model, example)["total"]
     return model, info
 
 
@@ -112,7 +111,7 @@ def finetune(
 ) -> dict:
     """Fine-tune ``model`` in place for ``steps`` at a tenth of the run's learning rate; score it."""
     ft = copy.deepcopy(cfg)
-    ft.lr = P.finetune_lr(cfg.lr)
+    ft.lr = prune.finetune_lr(cfg.lr)
     ft.steps, ft.warmup_steps, ft.out = steps, 0, str(out)
     ft.checkpoint_every, ft.eval_every = 0, 0
     ft.validate()
@@ -124,8 +123,8 @@ def score(model: nn.Module, run: LoadedRun, progress: bool = False) -> float:
     return 100 * conf.miou()
 
 
-def first_batch(dataset: D.ScanDataset, device: torch.device) -> D.Batch:
-    return D.collate([dataset[0]]).to(device)
+def first_batch(dataset: datasets.ScanDataset, device: torch.device) -> datasets.Batch:
+    return datasets.collate([dataset[0]]).to(device)
 
 
 def parse_spec(text: str) -> PruneSpec:

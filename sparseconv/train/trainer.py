@@ -17,7 +17,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from sparseconv import datasets as D
+from sparseconv import datasets
 from sparseconv.models import SPVCNN, MinkUNet
 from sparseconv.prune.importance import bn_l1_penalty
 from sparseconv.train import distributed as dist_util
@@ -38,18 +38,20 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def build_datasets(cfg: TrainConfig, progress: bool = True) -> tuple[D.ScanDataset, D.ScanDataset]:
+def build_datasets(
+    cfg: TrainConfig, progress: bool = True
+) -> tuple[datasets.ScanDataset, datasets.ScanDataset]:
     root = Path(cfg.data_root) if cfg.data_root else Path(cfg.out) / "data"
-    aug = D.default_train_transforms() if cfg.augment else None
+    aug = datasets.default_train_transforms() if cfg.augment else None
     common = {"voxel_size": cfg.voxel_size}
     if cfg.dataset in ("synthetic", "semantickitti"):
         if cfg.dataset == "synthetic" and not (root / "sequences").is_dir():
             if dist_util.setup(pick_device(cfg.device))[0] == 0:
-                D.write_synthetic_dataset(
+                datasets.write_synthetic_dataset(
                     root, cfg.synth_train_scans, cfg.synth_val_scans, cfg.seed, progress=progress
                 )
             dist_util.barrier()
-        train = D.SemanticKITTI(
+        train = datasets.SemanticKITTI(
             root,
             cfg.train_split,
             transforms=aug,
@@ -57,12 +59,12 @@ def build_datasets(cfg: TrainConfig, progress: bool = True) -> tuple[D.ScanDatas
             seed=cfg.seed,
             **common,
         )
-        val = D.SemanticKITTI(root, cfg.val_split, **common)
+        val = datasets.SemanticKITTI(root, cfg.val_split, **common)
     else:
-        train = D.NuScenesLidarSeg(
+        train = datasets.NuScenesLidarSeg(
             root, transforms=aug, max_voxels=cfg.max_voxels, seed=cfg.seed, **common
         )
-        val = D.NuScenesLidarSeg(root, **common)
+        val = datasets.NuScenesLidarSeg(root, **common)
     return train, val
 
 
@@ -71,7 +73,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int = 4) -> tor
     return cls(in_channels, num_classes, width=cfg.width, blocks=tuple(cfg.blocks))
 
 
-def point_logits(model: torch.nn.Module, batch: D.Batch, voxel_size: float) -> torch.Tensor:
+def point_logits(model: torch.nn.Module, batch: datasets.Batch, voxel_size: float) -> torch.Tensor:
     """Logits for every original point: SPVCNN predicts points; voxel models via ``p2v``."""
     net = model.module if hasattr(model, "module") else model
     if isinstance(net, SPVCNN):
@@ -79,7 +81,9 @@ def point_logits(model: torch.nn.Module, batch: D.Batch, voxel_size: float) -> t
     return model(batch.x)[batch.p2v.clamp(min=0)]
 
 
-def training_logits(model, batch: D.Batch, voxel_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+def training_logits(
+    model, batch: datasets.Batch, voxel_size: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Voxel models learn from voxel (majority) labels; SPVCNN from point labels."""
     net = model.module if hasattr(model, "module") else model
     if isinstance(net, SPVCNN):
@@ -90,7 +94,7 @@ def training_logits(model, batch: D.Batch, voxel_size: float) -> tuple[torch.Ten
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
-    dataset: D.ScanDataset,
+    dataset: datasets.ScanDataset,
     device: torch.device,
     progress: bool = True,
     keep_first: bool = False,
@@ -103,7 +107,7 @@ def evaluate(
     for i in tqdm(
         range(len(dataset)), desc="evaluate", unit="scan", disable=not progress, leave=False
     ):
-        batch = D.collate([dataset[i]]).to(device)
+        batch = datasets.collate([dataset[i]]).to(device)
         pred = point_logits(model, batch, dataset.voxel_size).argmax(1)
         pred = torch.where(batch.p2v >= 0, pred, torch.zeros_like(pred))  # unvoxelised: class 0
         conf.update(pred, batch.point_labels)
@@ -152,11 +156,11 @@ class Trainer:
         )
         self.amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.sampler = D_sampler = dist_util.ShardedEpochSampler(
+        self.sampler = sampler = dist_util.ShardedEpochSampler(
             len(self.train_set), self.rank, self.world, cfg.seed
         )
         self.loader = torch.utils.data.DataLoader(
-            self.train_set, batch_size=cfg.batch_size, sampler=D_sampler, collate_fn=D.collate,
+            self.train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=datasets.collate,
             num_workers=cfg.num_workers,
         )  # fmt: skip
         self.class_weights = self.make_class_weights()
@@ -232,7 +236,7 @@ class Trainer:
         return True
 
     # -- training -------------------------------------------------------------------------
-    def train_step(self, batch: D.Batch) -> float:
+    def train_step(self, batch: datasets.Batch) -> float:
         batch = batch.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             logits, labels = training_logits(self.net, batch, self.cfg.voxel_size)
@@ -320,7 +324,7 @@ class Trainer:
                         first["pred"],
                         first["target"],
                         names,
-                        D.IGNORE_INDEX,
+                        datasets.IGNORE_INDEX,
                     )
         dist_util.barrier()
         return summary

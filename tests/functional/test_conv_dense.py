@@ -140,3 +140,11 @@ def test_strided_then_transposed_round_trip_uses_cached_map():
     down = conv3d(x, torch.randn(8, 4, 6), kernel_size=2, stride=2)
     up = conv3d(down, torch.randn(8, 6, 4), kernel_size=2, stride=2, transposed=True)
     assert up.coords is x.coords and up.stride == (1, 1, 1)
+
+
+@pytest.mark.parametrize("dataflow", ["torch_gather_scatter", "torch_output_blocks"])
+@pytest.mark.parametrize("k,s,d,mode", CASES[::3])
+def test_each_torch_algorithm_matches_dense(dataflow, k, s, d, mode):
+    """The torch planner's two algorithms, each forced, on every third dense-reference case."""
+    coords = random_coords(80, extent=9, seed=k * 100 + s * 10 + d)
+    _check(coords, 3, 5, k, s, d, mode, dataflow)

@@ -110,9 +110,11 @@ def test_grouping_planner_thresholds():
     km = build_kernel_map(coords, 3)
     x = torch.randn(len(coords), 6, dtype=torch.float64)
     w = torch.randn(27, 6, 4, dtype=torch.float64)
-    from sparseconv.functional import dataflow_torch as dt
+    from sparseconv.functional import dataflow_torch
 
-    torch.testing.assert_close(dt.forward(x, w, km, 0.0), dt.forward(x, w, km, float("inf")))
+    torch.testing.assert_close(
+        dataflow_torch.forward(x, w, km, 0.0), dataflow_torch.forward(x, w, km, float("inf"))
+    )
 
 
 def test_implicit_gemm_row_order_only_changes_the_schedule():
@@ -132,30 +134,37 @@ def test_implicit_gemm_row_order_only_changes_the_schedule():
 
 
 def test_one_pair_per_row_plans_write_rows_directly():
-    from sparseconv.functional import dataflow_torch as dt
+    from sparseconv.functional import dataflow_torch
 
     coords = random_coords(300, extent=10, seed=21)
     x = sc.SparseTensor(torch.randn(len(coords), 3, dtype=torch.float64), coords)
     down = conv3d(x, torch.randn(8, 3, 4, dtype=torch.float64), kernel_size=2, stride=2)
     km = build_kernel_map(down.coords, 2, 2, tensor_stride=2, transposed=True, cache=down.cache)
-    assert dt._plan(km, False, 0.25).injective  # up k2s2: each fine voxel has one parent
-    assert not dt._plan(km, True, 0.25).injective  # its input gradient sums up to 8 children
+    assert dataflow_torch._plan(
+        km, False, 0.25
+    ).injective  # up k2s2: each fine voxel has one parent
+    assert not dataflow_torch._plan(
+        km, True, 0.25
+    ).injective  # its input gradient sums up to 8 children
     k3 = build_kernel_map(coords, 3, 2)
-    assert not dt._plan(k3, False, 0.25).injective and dt._plan(k3, True, 0.25).injective is False
+    assert (
+        not dataflow_torch._plan(k3, False, 0.25).injective
+        and dataflow_torch._plan(k3, True, 0.25).injective is False
+    )
     w = torch.randn(8, 4, 3, dtype=torch.float64)
     ref = torch.zeros(km.n_out, 3, dtype=torch.float64)
     for k in range(8):
         i, j = km.pairs(k)
         ref.index_add_(0, j, down.feats[i] @ w[k])
-    torch.testing.assert_close(dt.forward(down.feats, w, km), ref)
+    torch.testing.assert_close(dataflow_torch.forward(down.feats, w, km), ref)
 
 
 @pytest.mark.parametrize("case", ["subm", "down", "up"])
 def test_cpu_row_blocks_give_the_whole_step_results(monkeypatch, case):
     """Blocks of 7 rows (so every step, group and the identity offset spans several blocks)."""
-    from sparseconv.functional import dataflow_torch as dt
+    from sparseconv.functional import dataflow_torch
 
-    _block_rows = dt._block_rows
+    _block_rows = dataflow_torch._block_rows
     coords = random_coords(300, extent=10, seed=23)
     x = sc.SparseTensor(torch.randn(len(coords), 5, dtype=torch.float64), coords)
     km = build_kernel_map(coords, 3, 1 if case == "subm" else 2)
@@ -169,18 +178,18 @@ def test_cpu_row_blocks_give_the_whole_step_results(monkeypatch, case):
     def run():
         km.plans.clear()
         return (
-            dt.forward(x.feats, w, km),
-            dt.backward_input(dy, w, km),
-            dt.backward_weight(x.feats, dy, km),
+            dataflow_torch.forward(x.feats, w, km),
+            dataflow_torch.backward_input(dy, w, km),
+            dataflow_torch.backward_weight(x.feats, dy, km),
         )
 
-    monkeypatch.setattr(dt, "OUTPUT_BLOCKS_MAX_CHANNELS", 0)  # the scatter-add path
-    monkeypatch.setattr(dt, "_block_rows", lambda src, c_out: None)
+    monkeypatch.setattr(dataflow_torch, "OUTPUT_BLOCKS_MAX_CHANNELS", 0)  # the scatter-add path
+    monkeypatch.setattr(dataflow_torch, "_block_rows", lambda src, c_out: None)
     whole = run()
-    monkeypatch.setattr(dt, "_block_rows", _block_rows)
-    monkeypatch.setattr(dt, "CPU_BLOCK_BYTES", 7 * 8 * 5)
-    monkeypatch.setattr(dt, "MIN_BLOCK_ROWS", 1)
-    assert dt._block_rows(x.feats, 4) == 7
+    monkeypatch.setattr(dataflow_torch, "_block_rows", _block_rows)
+    monkeypatch.setattr(dataflow_torch, "CPU_BLOCK_BYTES", 7 * 8 * 5)
+    monkeypatch.setattr(dataflow_torch, "MIN_BLOCK_ROWS", 1)
+    assert dataflow_torch._block_rows(x.feats, 4) == 7
     for a, b in zip(run(), whole):
         torch.testing.assert_close(a, b)
 
@@ -191,8 +200,7 @@ def test_output_blocks_sum_the_pairs_the_scatter_add_path_does(monkeypatch, case
 
     ``down k1s2`` leaves output rows (and in reverse input rows) without any pair: they are 0.
     """
-    from sparseconv.functional import dataflow_torch as dt
-    from sparseconv.functional import output_blocks
+    from sparseconv.functional import dataflow_torch, output_blocks
 
     coords = random_coords(300, extent=10, seed=24)
     k, s = {"subm": (3, 1), "down k3s2": (3, 2), "down k1s2": (1, 2), "no pairs": (1, 2)}[case]
@@ -206,11 +214,11 @@ def test_output_blocks_sum_the_pairs_the_scatter_add_path_does(monkeypatch, case
 
     def run():
         km.plans.clear()
-        return dt.forward(x, w, km), dt.backward_input(dy, w, km)
+        return dataflow_torch.forward(x, w, km), dataflow_torch.backward_input(dy, w, km)
 
-    monkeypatch.setattr(dt, "OUTPUT_BLOCKS_MAX_CHANNELS", 0)
+    monkeypatch.setattr(dataflow_torch, "OUTPUT_BLOCKS_MAX_CHANNELS", 0)
     reference = run()
-    monkeypatch.setattr(dt, "OUTPUT_BLOCKS_MAX_CHANNELS", 32)
+    monkeypatch.setattr(dataflow_torch, "OUTPUT_BLOCKS_MAX_CHANNELS", 32)
     monkeypatch.setattr(output_blocks, "PAIRS_BYTES", 10 * 8 * 5)
     monkeypatch.setattr(output_blocks, "MIN_BLOCK_PAIRS", 1)
     blocked = run()

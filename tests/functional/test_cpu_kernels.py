@@ -8,8 +8,7 @@ import torch
 from reference import needs_cpu_kernels, random_coords
 
 import sparseconv as sc
-from sparseconv.functional import conv3d
-from sparseconv.functional import dataflow_torch as dt
+from sparseconv.functional import conv3d, dataflow_torch
 from sparseconv.functional.dataflows import DATAFLOWS, resolve, set_autotune
 from sparseconv.kernels import cpu_implicit_gemm as kernels
 from sparseconv.maps import build_kernel_map
@@ -53,10 +52,12 @@ def test_kernels_match_the_torch_dataflow(c_in, c_out):
     dy = torch.randn(len(coords), c_out)
     flow = DATAFLOWS["cpu_implicit_gemm"]
     tol = dict(rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(flow.forward(x, w, km), dt.forward(x, w, km), **tol)
-    torch.testing.assert_close(flow.backward_input(dy, w, km), dt.backward_input(dy, w, km), **tol)
+    torch.testing.assert_close(flow.forward(x, w, km), dataflow_torch.forward(x, w, km), **tol)
     torch.testing.assert_close(
-        flow.backward_weight(x, dy, km), dt.backward_weight(x, dy, km), **tol
+        flow.backward_input(dy, w, km), dataflow_torch.backward_input(dy, w, km), **tol
+    )
+    torch.testing.assert_close(
+        flow.backward_weight(x, dy, km), dataflow_torch.backward_weight(x, dy, km), **tol
     )
 
 
@@ -69,7 +70,7 @@ def test_more_pairs_per_offset_than_one_weight_chunk():
     x = torch.randn(len(coords), 8)
     dy = torch.randn(len(coords), 5)
     got = kernels.weight_grad(x, dy, km.in_idx, km.out_idx, km.offset_ptr)
-    torch.testing.assert_close(got, dt.backward_weight(x, dy, km), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, dataflow_torch.backward_weight(x, dy, km), rtol=1e-4, atol=1e-4)
 
 
 @needs_cpu_kernels

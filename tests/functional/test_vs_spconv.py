@@ -9,7 +9,7 @@ import torch
 from reference import needs_cpu_kernels
 
 import sparseconv as sc
-from sparseconv.maps import keys as K
+from sparseconv.maps import keys as coord_keys
 from sparseconv.nn.convert import from_spconv
 
 spconv = pytest.importorskip("spconv.pytorch")
@@ -43,7 +43,7 @@ def _align(ours_coords, ours_feats, their_coords, their_feats, scale):
     """Rows of both outputs ordered by coordinate (spconv's are in coarse-grid units)."""
     tc = their_coords.clone()
     tc[:, 1:] *= scale
-    ko, kt = K.pack(ours_coords), K.pack(tc.int())
+    ko, kt = coord_keys.pack(ours_coords), coord_keys.pack(tc.int())
     assert torch.equal(torch.sort(ko).values, torch.sort(kt).values), "output coordinates differ"
     return ours_feats[torch.argsort(ko)], their_feats[torch.argsort(kt)]
 

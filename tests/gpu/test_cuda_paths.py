@@ -82,8 +82,8 @@ def test_autotuner_picks_and_caches_on_cuda(real_scan_points):
     w = w.cuda()
     dataflows.set_autotune(True)
     a = conv3d(x, w, **kw).feats
-    assert len(dataflows._CHOICES) >= 1
-    assert set(dataflows._CHOICES.values()) <= set(FLOWS)
+    assert len(dataflows.AUTOTUNE.choices) >= 1
+    assert set(dataflows.AUTOTUNE.choices.values()) <= set(FLOWS)
     b = conv3d(x, w, dataflow="torch", **kw).feats
     assert ((a - b).norm() / b.norm()).item() < 1e-5
 

@@ -27,6 +27,11 @@ def test_is_2_4_known_answers():
     assert semi_structured.is_2_4(torch.zeros(27, 8, 4))
 
 
+def _dense_pack(weight):
+    """Dense ``W[k]^T`` operands: the sparse path's data flow without sparse tensor cores."""
+    return [wk.t().contiguous() for wk in weight]
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_packed_data_path_matches_the_dense_conv(stride):
     """With dense ``W[k]^T`` as the packed operand, the sparse path's gather/linear/scatter and
@@ -35,23 +40,62 @@ def test_packed_data_path_matches_the_dense_conv(stride):
     w = _two_four((27 if stride == 1 else 8, 4, 6))
     k = 3 if stride == 1 else 2
     ref = sc.functional.conv3d(x, w, kernel_size=k, stride=stride, dataflow="torch")
-    packed = [wk.t().contiguous() for wk in w]
-    with torch.no_grad():
-        got = sc.functional.conv3d(x, w, kernel_size=k, stride=stride, packed_weight=packed)
+    got = sc.functional.semi_structured_conv3d(x, w, _dense_pack(w), kernel_size=k, stride=stride)
     torch.testing.assert_close(got.feats, ref.feats)
     assert torch.equal(got.coords, ref.coords)
+    with pytest.raises(ValueError, match="packed has 3 offsets"):
+        sc.functional.semi_structured_conv3d(x, w, _dense_pack(w)[:3], kernel_size=k, stride=stride)
 
 
-def test_packed_weight_only_used_without_gradients():
+def test_semi_structured_layer_infers_sparse_trains_dense_and_repacks():
     x, _ = scene(800)
-    layer = sc.nn.Conv3d(4, 4, 3)
+    conv = sc.nn.Conv3d(4, 4, 3)
+    packs = []
+
+    def wrong_pack(weight):  # a deliberately wrong operand shows which path ran
+        packs.append(weight.clone())
+        return [torch.zeros(4, 4)] * 27
+
+    layer = sc.nn.SemiStructuredConv3d.from_conv(conv, pack=wrong_pack)
+    assert layer.weight is conv.weight
+    assert list(layer.state_dict()) == list(conv.state_dict())
     layer.eval()
-    layer.packed_weight = [torch.zeros(4, 4)] * 27  # a deliberately wrong snapshot
     with torch.no_grad():
-        assert layer(x).feats.abs().max() == 0  # inference uses the snapshot
+        assert layer(x).feats.abs().max() == 0  # inference: the packed operand
+        layer(x)
+    assert len(packs) == 1  # packed once while the weight is unchanged
     assert layer(x).feats.abs().max() > 0  # autograd needs the real weight
     layer.train()
-    assert layer.packed_weight is None  # training invalidates the snapshot
+    with torch.no_grad():
+        assert layer(x).feats.abs().max() > 0  # training mode: the dense conv
+        layer.weight.add_(1.0)  # an optimiser step
+    layer.eval()
+    with torch.no_grad():
+        layer(x)
+    assert len(packs) == 2 and torch.equal(packs[1], layer.weight)
+    plain = layer.to_conv()
+    assert type(plain) is sc.nn.Conv3d and plain.weight is layer.weight
+    assert not hasattr(plain, "pack")
+
+
+def test_masked_layer_survives_the_swap_without_repacking_each_call():
+    x, _ = scene(800)
+    net = sc.nn.Sequential(sc.nn.Conv3d(8, 8, 3))
+    x = sc.SparseTensor(torch.randn(len(x.feats), 8), x.coords)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.prune.nm_prune(net, n=2, m=4)
+    packs = []
+    layer = sc.nn.SemiStructuredConv3d.from_conv(
+        net[0], pack=lambda w: packs.append(1) or _dense_pack(w)
+    )
+    assert hasattr(layer, "weight_mask")  # the mask buffer and its hook came along
+    layer.eval()
+    with torch.no_grad():
+        ref = sc.functional.conv3d(x, layer.weight, dataflow="torch")
+        for _ in range(3):
+            torch.testing.assert_close(layer(x).feats, ref.feats)
+    assert len(packs) == 1  # the mask hook's in-place multiply bumps the version, not the values
 
 
 def test_accelerate_on_cpu_reports_why_every_layer_stays_dense():
@@ -89,8 +133,7 @@ def test_semi_structured_kernels_match_dense_on_gpu():
     x = x.replace_feats(x.feats.half())
     w = _two_four((27, 64, 64)).half().cuda()
     ref = sc.functional.conv3d(x, w, dataflow="torch")
-    with torch.no_grad():
-        got = sc.functional.conv3d(x, w, packed_weight=semi_structured.pack(w))
+    got = sc.functional.semi_structured_conv3d(x, w, semi_structured.pack(w))
     err = (got.feats.float() - ref.feats.float()).abs().max() / ref.feats.float().abs().max()
     assert err < 1e-2
     net = sc.nn.Sequential(sc.nn.Conv3d(64, 64, 3), sc.nn.Conv3d(64, 64, 3)).half().cuda()
