@@ -71,13 +71,12 @@ class Batch:
     points: torch.Tensor  # [N, 4] (batch, x, y, z) metres, for point-based models (SPVCNN)
     point_labels: torch.Tensor
     p2v: torch.Tensor  # into the batched voxels; -1 for points not voxelised
-    point_counts: list[int] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
     def to(self, device) -> Batch:
         return Batch(
             self.x.to(device), self.voxel_labels.to(device), self.points.to(device),
-            self.point_labels.to(device), self.p2v.to(device), self.point_counts, self.names,
+            self.point_labels.to(device), self.p2v.to(device), self.names,
         )  # fmt: skip
 
 
@@ -100,6 +99,5 @@ def collate(samples: list[Sample]) -> Batch:
         torch.cat(points),
         torch.cat([s.point_labels for s in samples]),
         torch.cat(p2v),
-        [len(s.points) for s in samples],
         [s.name for s in samples],
     )

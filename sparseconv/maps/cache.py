@@ -35,8 +35,3 @@ class MapCache:
         if tensor_stride not in self.tables:
             self.tables[tensor_stride] = HashTable.build(keys)
         return self.tables[tensor_stride]
-
-    def clear(self) -> None:
-        self.coords.clear()
-        self.tables.clear()
-        self.kmaps.clear()

@@ -44,10 +44,6 @@ class HashTable:
     keys: torch.Tensor
     vals: torch.Tensor
 
-    @property
-    def capacity(self) -> int:
-        return self.keys.numel()
-
     @classmethod
     def build(cls, keys: torch.Tensor, use_triton: bool | None = None) -> HashTable:
         """Table mapping ``keys[i] -> i``; raises ``ValueError`` on duplicate keys."""

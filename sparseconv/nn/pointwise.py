@@ -12,18 +12,15 @@ from torch import nn
 from sparseconv.tensor import SparseTensor
 
 
-class _FeatureWise(nn.Module):
-    layer: nn.Module
+class _OnFeatures:
+    """Mixin placed before a torch layer: apply that layer to ``x.feats``, keep the coordinates."""
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        return x.replace_feats(self.layer(x.feats))
+        return x.replace_feats(super().forward(x.feats))  # type: ignore[misc]
 
 
-class BatchNorm(nn.BatchNorm1d):
+class BatchNorm(_OnFeatures, nn.BatchNorm1d):
     """Batch norm over all points of the batch (``BatchNorm1d`` on ``[N, C]``)."""
-
-    def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]
-        return x.replace_feats(super().forward(x.feats))
 
 
 class GroupNorm(nn.GroupNorm):
@@ -40,19 +37,16 @@ class GroupNorm(nn.GroupNorm):
         return x.replace_feats(out)
 
 
-class ReLU(nn.ReLU):
-    def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]
-        return x.replace_feats(super().forward(x.feats))
+class ReLU(_OnFeatures, nn.ReLU):
+    pass
 
 
-class LeakyReLU(nn.LeakyReLU):
-    def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]
-        return x.replace_feats(super().forward(x.feats))
+class LeakyReLU(_OnFeatures, nn.LeakyReLU):
+    pass
 
 
-class Dropout(nn.Dropout):
-    def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]
-        return x.replace_feats(super().forward(x.feats))
+class Dropout(_OnFeatures, nn.Dropout):
+    pass
 
 
 class Sequential(nn.Sequential):

@@ -39,7 +39,7 @@ def _weight_axes(module: nn.Module) -> tuple[int, int]:
 
 def shrink_outputs(module: nn.Module, keep: torch.Tensor) -> None:
     out_axis, _ = _weight_axes(module)
-    for name in ("weight", "weight_mask", "weight_orig"):
+    for name in ("weight", "weight_mask"):
         _slice_param(module, name, out_axis, keep)
     _slice_param(module, "bias", 0, keep)
     if isinstance(module, snn.Conv3d):
@@ -50,7 +50,7 @@ def shrink_outputs(module: nn.Module, keep: torch.Tensor) -> None:
 
 def shrink_inputs(module: nn.Module, keep: torch.Tensor) -> None:
     _, in_axis = _weight_axes(module)
-    for name in ("weight", "weight_mask", "weight_orig"):
+    for name in ("weight", "weight_mask"):
         _slice_param(module, name, in_axis, keep)
     if isinstance(module, snn.Conv3d):
         module.in_channels = len(keep)

@@ -27,9 +27,6 @@ class ConfusionMatrix:
             self.n, self.n
         )
 
-    def merge(self, other: torch.Tensor) -> None:
-        self.matrix += other.cpu()
-
     def iou(self) -> torch.Tensor:
         """Per-class IoU; NaN where the class is absent from both targets and predictions."""
         m = self.matrix.double()

@@ -11,7 +11,7 @@ def _tensor(n=150, c=4, seed=0):
     return sc.SparseTensor(torch.randn(len(coords), c), coords)
 
 
-def test_small_unet_runs_and_reuses_maps():
+def test_unet_pattern_runs_and_reuses_maps():
     x = _tensor()
     net = snn.Sequential(snn.Conv3d(4, 8), snn.BatchNorm(8), snn.ReLU(), snn.Conv3d(8, 8))
     down = snn.Conv3d(8, 16, 2, stride=2)
