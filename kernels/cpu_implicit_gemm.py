@@ -1,113 +1,24 @@
-"""The fused CPU kernels (``cpu/implicit_gemm.c``): build on first use, call through ctypes.
+"""The fused CPU conv kernels (``cpu/implicit_gemm.c``): shape checks and ctypes calls.
 
 Plain torch cannot fuse gather, GEMM and scatter-add on CPU, and those three memory passes cost
 more than the GEMM for 64-channel layers. The C kernels do the output-stationary implicit GEMM
 (each thread owns a tile of output rows and multiplies the listed input rows straight into
-them) and the per-offset weight gradient. The source is compiled with the system C compiler
-(``$CC``, default ``gcc``; ``-O3 -march=native -fopenmp``) into a per-user cache the first time
-it is needed (about a second) and reused while the source, flags and CPU stay the same. It
-links the OpenMP runtime torch has already loaded and takes ``torch.get_num_threads()``
-threads. Where no compiler is found, :func:`available` is False with the reason in
-:func:`unavailable_reason`, and the ``cpu_implicit_gemm`` dataflow is not offered.
+them) and the per-offset weight gradient. Building and loading: :mod:`cpu_library`.
 Reference: ``sparseconv.functional.dataflow_torch`` (tests compare the two).
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
-
 import torch
 
-SOURCE = Path(__file__).with_name("cpu") / "implicit_gemm.c"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
+from sparseconv.kernels import cpu_library
+
 PANEL = 16  # the register kernel's column block: weights are padded to a multiple of it
 # pairs per weight-gradient work item: their gathered rows (2 x 128 x C floats) stay in L2
 WEIGHT_GRAD_CHUNK = 128
 
-_lock = threading.Lock()
-_state: dict[str, object] = {}
-
-
-def cache_dir() -> Path:
-    """Where built kernels live: ``$SPARSECONV_CACHE`` or ``~/.cache/sparseconv``."""
-    root = os.environ.get("SPARSECONV_CACHE") or Path.home() / ".cache" / "sparseconv"
-    return Path(root) / "cpu_kernels"
-
-
-def _cpu_fingerprint() -> str:
-    """The CPU's feature flags: a library built with -march=native only runs where they hold."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    return flags + platform.machine()
-
-
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC", "gcc")
-    if shutil.which(cc) is None:
-        raise RuntimeError(f"no C compiler: {cc!r} not found (set $CC)")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(
-        source + " ".join([cc, *FLAGS]).encode() + _cpu_fingerprint().encode()
-    ).hexdigest()[:16]
-    lib_path = cache_dir() / f"implicit_gemm_{key}.so"
-    if not lib_path.exists():
-        lib_path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
-            out = Path(tmp) / lib_path.name
-            done = subprocess.run(
-                [cc, *FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"{cc} failed to build {SOURCE.name}:\n{done.stderr[-2000:]}")
-            os.replace(out, lib_path)  # atomic: concurrent builders never see half a file
-    lib = ctypes.CDLL(str(lib_path))
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.sc_implicit_gemm.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr, i64,
-                                     ctypes.c_int]  # fmt: skip
-    lib.sc_implicit_gemm.restype = ctypes.c_int
-    lib.sc_weight_grad.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, ptr, ptr, ptr, i64, ptr,
-                                   i64, ctypes.c_int]  # fmt: skip
-    lib.sc_weight_grad.restype = ctypes.c_int
-    return lib
-
-
-def _library() -> ctypes.CDLL | None:
-    with _lock:
-        if "lib" not in _state:
-            try:
-                _state["lib"] = _build()
-            except (RuntimeError, OSError) as err:
-                _state["lib"] = None
-                _state["reason"] = str(err)
-        return _state["lib"]  # type: ignore[return-value]
-
-
-def available() -> bool:
-    """Whether the C kernels are built (building them now if needed)."""
-    return _library() is not None
-
-
-def unavailable_reason() -> str:
-    """Why :func:`available` is False ('' when it is True)."""
-    return "" if available() else str(_state.get("reason", ""))
-
-
-def _lib() -> ctypes.CDLL:
-    lib = _library()
-    if lib is None:
-        raise RuntimeError(f"the CPU kernels could not be built: {unavailable_reason()}")
-    return lib
+available = cpu_library.available
+unavailable_reason = cpu_library.unavailable_reason
 
 
 def _check(rc: int, what: str) -> None:
@@ -158,7 +69,7 @@ def implicit_gemm(src: torch.Tensor, weight: torch.Tensor, nbmap: torch.Tensor) 
     if n_dst == 0:
         return dst
     tile = max(16, min(256, 16384 // w.shape[2]))  # accumulators of a tile stay in L1/L2
-    rc = _lib().sc_implicit_gemm(
+    rc = cpu_library.lib().sc_implicit_gemm(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), w.shape[2], cout, nbmap.data_ptr(),
         n_dst, k, dst.data_ptr(), tile, torch.get_num_threads(),
     )  # fmt: skip
@@ -188,7 +99,7 @@ def weight_grad(
     if dw.numel() == 0:
         return dw
     ldw = _panel_width(cout)
-    rc = _lib().sc_weight_grad(
+    rc = cpu_library.lib().sc_weight_grad(
         x.data_ptr(), x.shape[0], cin, dy.data_ptr(), dy.shape[0], cout, ldw, in_idx.data_ptr(),
         out_idx.data_ptr(), ptr.data_ptr(), k, dw.data_ptr(), WEIGHT_GRAD_CHUNK,
         torch.get_num_threads(),

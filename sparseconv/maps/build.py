@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from sparseconv.kernels import cpu_kernel_map
 from sparseconv.maps import keys as coord_keys
-from sparseconv.maps import output_coords
+from sparseconv.maps import output_coords, tables
 from sparseconv.maps.cache import MapCache
 from sparseconv.maps.kernel_map import KernelMap, from_neighbor_matrix, submanifold_from_half
 from sparseconv.maps.neighbors import METHODS, neighbor_matrix
@@ -68,11 +69,8 @@ def build_kernel_map(
 def _forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap:
     shifts = scaled_offsets(offsets, d, ts).to(coords.device)
     in_keys = coord_keys.pack(coords)
-    table = cache.table(ts, coords, in_keys) if (cache is not None and method == "hash") else None
-    if s == (1, 1, 1):
-        if all(k % 2 == 1 for k in _kernel_dims(offsets)):
-            half = neighbor_matrix(in_keys, in_keys, shifts[: len(offsets) // 2], method, table)
-            return submanifold_from_half(half, coords, offsets)
+    symmetric = s == (1, 1, 1) and all(k % 2 == 1 for k in _kernel_dims(offsets))
+    if symmetric or s == (1, 1, 1):
         out_coords = coords
     else:
         ts_out = tuple(a * b for a, b in zip(ts, s))
@@ -80,12 +78,34 @@ def _forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap:
             out_coords = output_coords.strided_minkowski(coords, ts_out)
         else:
             out_coords = output_coords.strided_spconv(coords, shifts, ts_out)
-        if cache is not None:
-            out_coords = (
-                cache.coords.setdefault(ts_out, out_coords) if mode == "minkowski" else out_coords
-            )
+        if cache is not None and mode == "minkowski":
+            out_coords = cache.coords.setdefault(ts_out, out_coords)
+    if tables.native(coords.device):
+        return _native_map(in_keys, coords, out_coords, shifts, offsets, method, symmetric)
+    table = cache.table(ts, coords, in_keys) if (cache is not None and method == "hash") else None
+    if symmetric:
+        half = neighbor_matrix(in_keys, in_keys, shifts[: len(offsets) // 2], method, table)
+        return submanifold_from_half(half, coords, offsets)
     found = neighbor_matrix(in_keys, coord_keys.pack(out_coords), shifts, method, table)
     return from_neighbor_matrix(found, out_coords, coords.shape[0], offsets)
+
+
+def _native_map(in_keys, coords, out_coords, shifts, offsets, method, symmetric) -> KernelMap:
+    """The C mapper: the neighbour table directly, CSR lists only if a dataflow asks."""
+    n_out, volume = out_coords.shape[0], len(offsets)
+    nbmap = torch.empty((n_out, volume), dtype=torch.int32)
+    packed = [coord_keys.pack_offset(tuple(v)) for v in shifts.tolist()]
+    if symmetric:
+        if n_out:
+            tables.search(in_keys, in_keys, packed[: volume // 2], method, nbmap)
+            cpu_kernel_map.mirror(nbmap)
+        return KernelMap.from_nbmap(nbmap, coords, coords.shape[0], offsets, submanifold=True)
+    out_keys = in_keys if out_coords is coords else coord_keys.pack(out_coords)
+    if n_out and coords.shape[0]:
+        tables.search(in_keys, out_keys, packed, method, nbmap)
+    else:
+        nbmap.fill_(-1)
+    return KernelMap.from_nbmap(nbmap, out_coords, coords.shape[0], offsets)
 
 
 def _transposed(coords, ks, s, d, ts, offsets, method, mode, cache) -> KernelMap:
@@ -101,6 +121,9 @@ def _transposed(coords, ks, s, d, ts, offsets, method, mode, cache) -> KernelMap
             return cache.kmaps[down_key].transposed(fine)
     deltas = scaled_offsets(offsets, d, ts_out).to(coords.device)
     out_coords = output_coords.transposed_generative(coords, deltas)
+    if tables.native(coords.device):
+        return _native_map(coord_keys.pack(coords), coords, out_coords, -deltas, offsets, method,
+                           symmetric=False)  # fmt: skip
     found = neighbor_matrix(coord_keys.pack(coords), coord_keys.pack(out_coords), -deltas, method)
     return from_neighbor_matrix(found, out_coords, coords.shape[0], offsets)
 

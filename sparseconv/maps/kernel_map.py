@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,18 +38,83 @@ class PlanKind(enum.Enum):
     ROW_ORDER = "output rows in neighbour-mask order (Triton implicit GEMM)"
 
 
-@dataclass
 class KernelMap:
-    in_idx: torch.Tensor  # int64 [P]
-    out_idx: torch.Tensor  # int64 [P]
-    offset_ptr: torch.Tensor  # int64 [K + 1], CSR over offsets (on CPU: sizes are read often)
-    out_coords: torch.Tensor  # int32 [N_out, 4]
-    n_in: int
-    offsets: list[tuple[int, int, int]]  # kernel units, weight order
-    submanifold: bool = False
-    _nbmap: torch.Tensor | None = field(default=None, repr=False)
-    # derived index layouts that dataflows build once per map (e.g. padded offset groups)
-    plans: dict = field(default_factory=dict, repr=False, compare=False)
+    """The pairs of one sparse conv, held as CSR lists, as a neighbour table, or both.
+
+    A map built by the C mapper starts as the neighbour table ``nbmap`` and derives the CSR lists
+    the first time ``in_idx`` / ``out_idx`` / ``offset_ptr`` is read (inference with the
+    implicit-GEMM dataflows never reads them); a map built as CSR derives ``nbmap`` on demand.
+    """
+
+    def __init__(
+        self,
+        in_idx: torch.Tensor | None,
+        out_idx: torch.Tensor | None,
+        offset_ptr: torch.Tensor | None,
+        out_coords: torch.Tensor,
+        n_in: int,
+        offsets: list[tuple[int, int, int]],
+        submanifold: bool = False,
+        nbmap: torch.Tensor | None = None,
+    ) -> None:
+        if (in_idx is None or out_idx is None or offset_ptr is None) and nbmap is None:
+            raise ValueError("a KernelMap needs its CSR pair lists or its neighbour table")
+        self._in_idx, self._out_idx, self._offset_ptr = in_idx, out_idx, offset_ptr
+        self.out_coords = out_coords  # int32 [N_out, 4]
+        self.n_in = n_in
+        self.offsets = offsets  # kernel units, weight order
+        self.submanifold = submanifold
+        self._nbmap = nbmap
+        # derived index layouts that dataflows build once per map (e.g. padded offset groups)
+        self.plans: dict = {}
+
+    @classmethod
+    def from_nbmap(
+        cls,
+        nbmap: torch.Tensor,
+        out_coords: torch.Tensor,
+        n_in: int,
+        offsets: list[tuple[int, int, int]],
+        submanifold: bool = False,
+    ) -> KernelMap:
+        """A map held as its neighbour table (int32 ``[N_out, K]``, -1 where absent)."""
+        return cls(None, None, None, out_coords, n_in, offsets, submanifold, nbmap=nbmap)
+
+    def __repr__(self) -> str:
+        return (
+            f"KernelMap(n_in={self.n_in}, n_out={self.n_out}, K={self.kernel_volume}, "
+            f"submanifold={self.submanifold})"
+        )
+
+    @property
+    def in_idx(self) -> torch.Tensor:
+        """int64 ``[P]``: the input row of every pair."""
+        if self._in_idx is None:
+            self._csr()
+        return self._in_idx  # type: ignore[return-value]
+
+    @property
+    def out_idx(self) -> torch.Tensor:
+        """int64 ``[P]``: the output row of every pair."""
+        if self._out_idx is None:
+            self._csr()
+        return self._out_idx  # type: ignore[return-value]
+
+    @property
+    def offset_ptr(self) -> torch.Tensor:
+        """int64 ``[K + 1]`` on CPU: CSR over offsets (sizes are read often)."""
+        if self._offset_ptr is None:
+            self._csr()
+        return self._offset_ptr  # type: ignore[return-value]
+
+    @property
+    def has_csr(self) -> bool:
+        return self._in_idx is not None
+
+    def _csr(self) -> None:
+        from sparseconv.maps.tables import csr_from_nbmap
+
+        self._in_idx, self._out_idx, self._offset_ptr = csr_from_nbmap(self._nbmap)
 
     def plan(self, kind: PlanKind, build: Callable[[], Any], *params: object) -> Any:
         """The layout of ``kind`` (and ``params``) in ``plans``, built by ``build()`` on first use.
@@ -80,7 +144,7 @@ class KernelMap:
 
     @property
     def device(self) -> torch.device:
-        return self.in_idx.device
+        return self.out_coords.device
 
     def pairs(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = int(self.offset_ptr[k]), int(self.offset_ptr[k + 1])
@@ -106,6 +170,11 @@ class KernelMap:
 
     def transposed(self, out_coords: torch.Tensor) -> KernelMap:
         """The map of the transposed conv: same pairs, inputs and outputs swapped, re-sorted."""
+        if not self.has_csr:
+            from sparseconv.maps.tables import transpose_nbmap
+
+            nb = transpose_nbmap(self._nbmap, self.n_in)
+            return KernelMap.from_nbmap(nb, out_coords, self.n_out, list(self.offsets))
         k_of = self.offset_of_pair()
         order = torch.argsort(k_of * max(self.n_in, 1) + self.in_idx, stable=True)
         return KernelMap(

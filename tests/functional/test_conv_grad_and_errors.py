@@ -6,6 +6,7 @@ import sparseconv as sc
 from sparseconv.functional import SparseConvFunction, conv3d
 from sparseconv.functional.dataflows import DATAFLOWS
 from sparseconv.maps import build_kernel_map
+from sparseconv.maps.kernel_map import KernelMap
 
 
 @pytest.mark.parametrize("dataflow", ["torch", "triton_gather_scatter", "triton_implicit_gemm"])
@@ -206,8 +207,9 @@ def test_output_blocks_sum_the_pairs_the_scatter_add_path_does(monkeypatch, case
     k, s = {"subm": (3, 1), "down k3s2": (3, 2), "down k1s2": (1, 2), "no pairs": (1, 2)}[case]
     km = build_kernel_map(coords, k, s)
     if case == "no pairs":
-        km.in_idx, km.out_idx = km.in_idx[:0], km.out_idx[:0]
-        km.offset_ptr = torch.zeros_like(km.offset_ptr)
+        empty = km.in_idx[:0]
+        km = KernelMap(empty, empty, torch.zeros_like(km.offset_ptr), km.out_coords, km.n_in,
+                       km.offsets)  # fmt: skip
     x = torch.randn(km.n_in, 5, dtype=torch.float64)
     w = torch.randn(km.kernel_volume, 5, 4, dtype=torch.float64)
     dy = torch.randn(km.n_out, 4, dtype=torch.float64)

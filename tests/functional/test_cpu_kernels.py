@@ -11,6 +11,7 @@ import sparseconv as sc
 from sparseconv.functional import conv3d, dataflow_torch
 from sparseconv.functional.dataflows import DATAFLOWS, resolve, set_autotune
 from sparseconv.kernels import cpu_implicit_gemm as kernels
+from sparseconv.kernels import cpu_library
 from sparseconv.maps import build_kernel_map
 
 
@@ -22,7 +23,7 @@ def test_kernels_build_wherever_there_is_a_compiler():
 
 
 def test_without_a_compiler_the_dataflow_says_why_and_auto_uses_torch(monkeypatch, tmp_path):
-    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setattr(cpu_library, "_state", {})
     monkeypatch.setenv("CC", "no-such-compiler-xyz")
     monkeypatch.setenv("SPARSECONV_CACHE", str(tmp_path))
     assert not kernels.available()

@@ -31,7 +31,7 @@ def _mappers_agree(coords, case):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
 def test_map_equals_brute_force_and_mappers_agree(case):
-    coords = random_coords(150, extent=10, seed=hash(str(case)) % 1000)
+    coords = random_coords(150, extent=10, seed=CASES.index(case))  # stable across processes
     km, ref, (ks, s, d) = _mappers_agree(coords, case)
     assert _pairs_by_offset(km) == ref
     # every output has an input, except minkowski cells that a kernel smaller than the stride

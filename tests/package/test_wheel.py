@@ -33,6 +33,7 @@ def test_wheel_has_one_top_level_package(tmp_path):
     assert "sparseconv/kernels/gather_scatter.py" in names
     assert "sparseconv/datasets/synthetic.py" in names
     assert "sparseconv/kernels/cpu/implicit_gemm.c" in names  # compiled on first use
+    assert "sparseconv/kernels/cpu/kernel_map.c" in names
     # every source sub-package is shipped (the package list in pyproject.toml is explicit)
     for init in (ROOT / "sparseconv").rglob("__init__.py"):
         rel = init.relative_to(ROOT).as_posix()

@@ -1,0 +1,134 @@
+"""Kernel-map building in C (``cpu/kernel_map.c``): neighbour tables and their CSR pair lists.
+
+Every search fills columns of an int32 neighbour table ``nbmap[N_out, K]`` (input row, -1 where
+there is none), which is what the implicit-GEMM dataflows read; the CSR pair lists of the
+gather-scatter dataflows and the weight gradient are derived from it on demand
+(:func:`csr_from_nbmap`). Reference: ``sparseconv.maps.neighbors`` (torch).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparseconv.kernels import cpu_library
+
+available = cpu_library.available
+CHUNK = 2048  # rows per work item in kernel_map.c (the CSR fill writes chunk by chunk)
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _check_keys(**tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and (t.dtype != torch.int64 or not t.is_contiguous() or t.is_cuda):
+            raise TypeError(f"{name} must be a contiguous int64 CPU tensor")
+
+
+def search_sorted(
+    in_keys: torch.Tensor,
+    in_rows: torch.Tensor | None,
+    out_keys: torch.Tensor,
+    out_rows: torch.Tensor | None,
+    shifts: torch.Tensor,
+    nbmap: torch.Tensor,
+    col0: int = 0,
+) -> None:
+    """``nbmap[out_rows[j], col0 + k]`` = row of the input keyed ``out_keys[j] + shifts[k]``.
+
+    ``in_keys`` and ``out_keys`` are sorted ascending; ``*_rows`` give the row of each sorted
+    position (None: the identity).
+    """
+    _check_keys(in_keys=in_keys, in_rows=in_rows, out_keys=out_keys, out_rows=out_rows,
+                shifts=shifts)  # fmt: skip
+    _check_table(nbmap, out_keys.numel(), col0 + shifts.numel())
+    cpu_library.lib().sc_search_sorted(
+        in_keys.data_ptr(), _ptr(in_rows), in_keys.numel(), out_keys.data_ptr(), _ptr(out_rows),
+        out_keys.numel(), shifts.data_ptr(), shifts.numel(), nbmap.data_ptr(), nbmap.shape[1],
+        col0, _threads(),
+    )  # fmt: skip
+
+
+def hash_table(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Open-addressing table of ``keys`` (load factor <= 1/4): ``(slot keys, slot rows)``."""
+    _check_keys(keys=keys)
+    capacity = 1 << max(4, (4 * max(keys.numel(), 1) - 1).bit_length())
+    table_keys = torch.empty(capacity, dtype=torch.int64)
+    table_rows = torch.empty(capacity, dtype=torch.int32)
+    dup = cpu_library.lib().sc_hash_build(
+        keys.data_ptr(), keys.numel(), table_keys.data_ptr(), table_rows.data_ptr(), capacity,
+        _threads(),
+    )  # fmt: skip
+    if dup:
+        raise ValueError("coordinates contain duplicates (two rows with the same key)")
+    return table_keys, table_rows
+
+
+def search_hash(
+    table: tuple[torch.Tensor, torch.Tensor],
+    out_keys: torch.Tensor,
+    shifts: torch.Tensor,
+    nbmap: torch.Tensor,
+    col0: int = 0,
+) -> None:
+    """``nbmap[j, col0 + k]`` = the table's row for ``out_keys[j] + shifts[k]`` (or -1)."""
+    _check_keys(out_keys=out_keys, shifts=shifts)
+    _check_table(nbmap, out_keys.numel(), col0 + shifts.numel())
+    table_keys, table_rows = table
+    cpu_library.lib().sc_search_hash(
+        table_keys.data_ptr(), table_rows.data_ptr(), table_keys.numel(), out_keys.data_ptr(),
+        out_keys.numel(), shifts.data_ptr(), shifts.numel(), nbmap.data_ptr(), nbmap.shape[1],
+        col0, _threads(),
+    )  # fmt: skip
+
+
+def mirror(nbmap: torch.Tensor) -> None:
+    """Complete a symmetric submanifold table from its first ``K // 2`` columns, in place."""
+    _check_table(nbmap, nbmap.shape[0], nbmap.shape[1])
+    cpu_library.lib().sc_mirror(nbmap.data_ptr(), nbmap.shape[0], nbmap.shape[1], _threads())
+
+
+def transpose_nbmap(nbmap: torch.Tensor, n_in: int) -> torch.Tensor:
+    """The transposed conv's table ``[n_in, K]``: ``t[i, k] = j`` where ``nbmap[j, k] = i``."""
+    _check_table(nbmap, nbmap.shape[0], nbmap.shape[1])
+    out = torch.empty((n_in, nbmap.shape[1]), dtype=torch.int32)
+    bad = cpu_library.lib().sc_transpose_nbmap(
+        nbmap.data_ptr(), nbmap.shape[0], nbmap.shape[1], out.data_ptr(), n_in, _threads()
+    )
+    if bad:
+        raise IndexError(f"the neighbour table names a row outside 0..{n_in - 1}")
+    return out
+
+
+def csr_from_nbmap(nbmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(in_idx, out_idx, offset_ptr)``: the table's pairs grouped by offset, by row within one."""
+    _check_table(nbmap, nbmap.shape[0], nbmap.shape[1])
+    n, k = nbmap.shape
+    n_chunks = -(-n // CHUNK)
+    counts = torch.zeros((n_chunks, k), dtype=torch.int64)
+    lib = cpu_library.lib()
+    lib.sc_csr_count(nbmap.data_ptr(), n, k, counts.data_ptr(), _threads())
+    per_offset = counts.sum(0)
+    offset_ptr = torch.zeros(k + 1, dtype=torch.int64)
+    torch.cumsum(per_offset, 0, out=offset_ptr[1:])
+    # chunk c writes offset k's pairs after those of chunks < c
+    starts = (offset_ptr[:-1] + counts.cumsum(0) - counts).contiguous()
+    total = int(offset_ptr[-1])
+    in_idx = torch.empty(total, dtype=torch.int64)
+    out_idx = torch.empty(total, dtype=torch.int64)
+    if lib.sc_csr_fill(nbmap.data_ptr(), n, k, starts.data_ptr(), in_idx.data_ptr(),
+                       out_idx.data_ptr(), _threads()):  # fmt: skip
+        raise MemoryError("csr_from_nbmap: out of memory for the per-thread buffers")
+    return in_idx, out_idx, offset_ptr
+
+
+def _check_table(nbmap: torch.Tensor, rows: int, columns: int) -> None:
+    if nbmap.dtype != torch.int32 or not nbmap.is_contiguous() or nbmap.is_cuda:
+        raise TypeError("nbmap must be a contiguous int32 CPU tensor")
+    if nbmap.dim() != 2 or nbmap.shape[0] != rows or nbmap.shape[1] < columns:
+        raise ValueError(f"nbmap {list(nbmap.shape)} cannot hold {rows} rows x {columns} columns")

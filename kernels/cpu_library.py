@@ -1,0 +1,115 @@
+"""The C kernels of ``kernels/cpu/*.c``: compiled into one library on first use, called by ctypes.
+
+The sources are compiled with the system C compiler (``$CC``, default ``gcc``; ``-O3
+-march=native -fopenmp``) into a per-user cache the first time a kernel is needed (about a
+second) and reused while the sources, flags and CPU stay the same: no build step at install
+time, no torch headers. The library links the OpenMP runtime torch has already loaded and is
+given ``torch.get_num_threads()`` threads per call. Where no compiler is found :func:`available`
+is False with the reason in :func:`unavailable_reason`, and callers use the torch code instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+SOURCES = sorted(Path(__file__).with_name("cpu").glob("*.c"))
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
+
+_I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+# argument types of every exported function (all return an int status)
+SIGNATURES = {
+    "sc_implicit_gemm": [_PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _INT],
+    "sc_weight_grad": [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR,
+                       _I64, _INT],
+    "sc_search_sorted": [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _INT],
+    "sc_hash_build": [_PTR, _I64, _PTR, _PTR, _I64, _INT],
+    "sc_search_hash": [_PTR, _PTR, _I64, _PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _INT],
+    "sc_mirror": [_PTR, _I64, _I64, _INT],
+    "sc_transpose_nbmap": [_PTR, _I64, _I64, _PTR, _I64, _INT],
+    "sc_csr_count": [_PTR, _I64, _I64, _PTR, _INT],
+    "sc_csr_fill": [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _INT],
+}  # fmt: skip
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: ``$SPARSECONV_CACHE`` or ``~/.cache/sparseconv``."""
+    root = os.environ.get("SPARSECONV_CACHE") or Path.home() / ".cache" / "sparseconv"
+    return Path(root) / "cpu_kernels"
+
+
+def _cpu_fingerprint() -> str:
+    """The CPU's feature flags: a library built with -march=native only runs where they hold."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return flags + platform.machine()
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC", "gcc")
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"no C compiler: {cc!r} not found (set $CC)")
+    digest = hashlib.sha256(" ".join([cc, *FLAGS, _cpu_fingerprint()]).encode())
+    for source in SOURCES:
+        digest.update(source.name.encode() + source.read_bytes())
+    lib_path = cache_dir() / f"sparseconv_cpu_{digest.hexdigest()[:16]}.so"
+    if not lib_path.exists():
+        lib_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
+            out = Path(tmp) / lib_path.name
+            done = subprocess.run(
+                [cc, *FLAGS, *map(str, SOURCES), "-o", str(out)], capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                names = ", ".join(s.name for s in SOURCES)
+                raise RuntimeError(f"{cc} failed to build {names}:\n{done.stderr[-2000:]}")
+            os.replace(out, lib_path)  # atomic: concurrent builders never see half a file
+    lib = ctypes.CDLL(str(lib_path))
+    for name, argtypes in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = ctypes.c_int
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library (built now if needed), or None when it cannot be built."""
+    with _lock:
+        if "lib" not in _state:
+            try:
+                _state["lib"] = _build()
+            except (RuntimeError, OSError) as err:
+                _state["lib"] = None
+                _state["reason"] = str(err)
+        return _state["lib"]  # type: ignore[return-value]
+
+
+def available() -> bool:
+    """Whether the C kernels are built (building them now if needed)."""
+    return library() is not None
+
+
+def unavailable_reason() -> str:
+    """Why :func:`available` is False ('' when it is True)."""
+    return "" if available() else str(_state.get("reason", ""))
+
+
+def lib() -> ctypes.CDLL:
+    """The library, or RuntimeError with the reason it could not be built."""
+    loaded = library()
+    if loaded is None:
+        raise RuntimeError(f"the CPU kernels could not be built: {unavailable_reason()}")
+    return loaded

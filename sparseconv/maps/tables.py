@@ -1,0 +1,76 @@
+"""Neighbour tables (``nbmap[N_out, K]``): built by the C mapper on CPU, converted either way.
+
+On CPU with the C kernels (``sparseconv.kernels.cpu_kernel_map``) one pass per chunk of output
+rows answers every offset, by sorted merge or by hash, and the CSR pair lists are derived from
+the table only when a dataflow asks for them. Elsewhere (CUDA, no C compiler) the same
+conversions run in torch; ``sparseconv.maps.neighbors`` keeps the torch mappers as the
+reference the tests compare with. Set ``USE_NATIVE = False`` to force the torch code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparseconv.kernels import cpu_kernel_map
+
+USE_NATIVE = True
+
+
+def native(device: torch.device) -> bool:
+    """Whether maps on ``device`` are built by the C mapper."""
+    return USE_NATIVE and device.type == "cpu" and cpu_kernel_map.available()
+
+
+def csr_from_nbmap(nbmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(in_idx, out_idx, offset_ptr)``: pairs grouped by offset, sorted by output row."""
+    if native(nbmap.device):
+        return cpu_kernel_map.csr_from_nbmap(nbmap.contiguous())
+    by_offset = nbmap.t()
+    k_idx, out_idx = (by_offset >= 0).nonzero(as_tuple=True)
+    in_idx = by_offset[k_idx, out_idx].long()
+    counts = torch.bincount(k_idx, minlength=nbmap.shape[1]).cpu()
+    offset_ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offset_ptr[1:])
+    return in_idx, out_idx, offset_ptr
+
+
+def transpose_nbmap(nbmap: torch.Tensor, n_in: int) -> torch.Tensor:
+    """``t[i, k] = j`` where ``nbmap[j, k] = i`` (int32 ``[n_in, K]``, -1 where absent)."""
+    if native(nbmap.device):
+        return cpu_kernel_map.transpose_nbmap(nbmap.contiguous(), n_in)
+    out = torch.full((n_in, nbmap.shape[1]), -1, dtype=torch.int32, device=nbmap.device)
+    j, k = (nbmap >= 0).nonzero(as_tuple=True)
+    out[nbmap[j, k].long(), k] = j.int()
+    return out
+
+
+def search(
+    in_keys: torch.Tensor,
+    out_keys: torch.Tensor,
+    shifts: list[int],
+    method: str,
+    nbmap: torch.Tensor,
+    col0: int = 0,
+) -> None:
+    """Fill ``nbmap[:, col0 : col0 + len(shifts)]`` by the C mapper (``method`` hash or
+    mergesort; both give the same table)."""
+    packed = torch.tensor(shifts, dtype=torch.int64)
+    if method == "hash":
+        table = cpu_kernel_map.hash_table(in_keys.contiguous())
+        cpu_kernel_map.search_hash(table, out_keys.contiguous(), packed, nbmap, col0)
+        return
+    sorted_in, in_rows = _sorted(in_keys)
+    if out_keys is in_keys:
+        sorted_out, out_rows = sorted_in, in_rows
+    else:
+        sorted_out, out_rows = _sorted(out_keys)
+    cpu_kernel_map.search_sorted(sorted_in, in_rows, sorted_out, out_rows, packed, nbmap, col0)
+
+
+def _sorted(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sorted keys and the row of each sorted position (None when already sorted)."""
+    keys = keys.contiguous()
+    if keys.numel() < 2 or bool((keys[1:] >= keys[:-1]).all()):
+        return keys, None
+    values, order = torch.sort(keys)
+    return values, order
