@@ -132,3 +132,48 @@ def _check_table(nbmap: torch.Tensor, rows: int, columns: int) -> None:
         raise TypeError("nbmap must be a contiguous int32 CPU tensor")
     if nbmap.dim() != 2 or nbmap.shape[0] != rows or nbmap.shape[1] < columns:
         raise ValueError(f"nbmap {list(nbmap.shape)} cannot hold {rows} rows x {columns} columns")
+
+
+def downsample(
+    keys: torch.Tensor, out_stride: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Minkowski downsampling of sorted ``keys``: ``(out_keys, out_row, floored)``.
+
+    ``out_keys`` are the sorted distinct keys of ``floor(coord / out_stride) * out_stride``,
+    ``out_row[i]`` is the output row input ``i`` falls in, ``floored[i]`` its floored key.
+    """
+    _check_keys(keys=keys)
+    n = keys.numel()
+    floored = torch.empty(n, dtype=torch.int64)
+    order = torch.empty(n, dtype=torch.int64)
+    if cpu_library.lib().sc_downsample_sorted(
+        keys.data_ptr(), n, *out_stride, floored.data_ptr(), order.data_ptr(), _threads()
+    ):
+        raise MemoryError("downsample: out of memory")
+    in_order = floored.index_select(0, order)
+    first = torch.ones(n, dtype=torch.bool)
+    if n > 1:
+        torch.ne(in_order[1:], in_order[:-1], out=first[1:])
+    out_row = torch.empty(n, dtype=torch.int64)
+    out_row[order] = torch.cumsum(first, 0) - 1
+    return in_order[first], out_row, floored
+
+
+def scatter_cells(
+    keys: torch.Tensor,
+    floored: torch.Tensor,
+    out_row: torch.Tensor,
+    n_out: int,
+    kernel: tuple[int, int, int],
+    tensor_stride: tuple[int, int, int],
+) -> torch.Tensor:
+    """The table ``[n_out, kx*ky*kz]`` of a conv whose kernel equals its stride: every input
+    lies in one output cell (from :func:`downsample`), at the offset of its place in the cell."""
+    k = kernel[0] * kernel[1] * kernel[2]
+    nbmap = torch.empty((n_out, k), dtype=torch.int32)
+    if cpu_library.lib().sc_scatter_cells(
+        keys.data_ptr(), floored.data_ptr(), out_row.data_ptr(), keys.numel(), *kernel,
+        *tensor_stride, nbmap.data_ptr(), n_out, _threads(),
+    ):  # fmt: skip
+        raise IndexError("scatter_cells: an input lies outside its output cell")
+    return nbmap

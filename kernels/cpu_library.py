@@ -36,6 +36,9 @@ SIGNATURES = {
     "sc_transpose_nbmap": [_PTR, _I64, _I64, _PTR, _I64, _INT],
     "sc_csr_count": [_PTR, _I64, _I64, _PTR, _INT],
     "sc_csr_fill": [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _INT],
+    "sc_downsample_sorted": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _INT],
+    "sc_scatter_cells": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I64,
+                         _INT],
 }  # fmt: skip
 
 _lock = threading.Lock()

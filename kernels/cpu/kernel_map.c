@@ -217,3 +217,134 @@ int sc_csr_fill(const int32_t *nb, int64_t n, int64_t K, const int64_t *starts, 
     }
     return bad;
 }
+
+/* ---- Minkowski downsampling: out = floor(coord / s) * s on every spatial axis ------------ */
+
+#define FIELD_BITS 16
+#define FIELD_MASK ((1LL << FIELD_BITS) - 1)
+#define BIAS (1LL << 15)
+
+static inline int64_t floor_field(int64_t key, int shift, int64_t s) {
+    const int64_t v = ((key >> shift) & FIELD_MASK) - BIAS;
+    const int64_t q = v >= 0 ? v / s : -((-v + s - 1) / s);
+    return (q * s + BIAS) << shift;
+}
+
+static inline int64_t floor_key(int64_t key, int64_t sx, int64_t sy, int64_t sz) {
+    const int64_t batch = key & ~((1LL << (3 * FIELD_BITS)) - 1);
+    return batch | floor_field(key, 2 * FIELD_BITS, sx) | floor_field(key, FIELD_BITS, sy) |
+           floor_field(key, 0, sz);
+}
+
+static inline int is_pow2(int64_t s) { return s > 0 && (s & (s - 1)) == 0; }
+
+/* For power-of-two strides the bias 2^15 is a multiple of s, so flooring a biased field is
+ * clearing its low bits: one mask for the whole key instead of three divisions. */
+static inline int64_t pow2_floor_mask(int64_t sx, int64_t sy, int64_t sz) {
+    return ~(((sx - 1) << (2 * FIELD_BITS)) | ((sy - 1) << FIELD_BITS) | (sz - 1));
+}
+
+/* Stable sort of idx[0:n] by key[idx]: a natural merge sort. A run of inputs sharing
+ * (batch, floor x) is the concatenation of one ascending stream per x value (sorted keys are
+ * (y, z)-ordered within an x, and flooring is monotone), so it needs only log2(sx) merge
+ * passes. bounds holds n + 1 entries. */
+static void sort_by_key(const int64_t *key, int64_t *idx, int64_t *tmp, int64_t *bounds,
+                        int64_t n) {
+    int64_t runs = 0;
+    bounds[runs++] = 0;
+    for (int64_t i = 1; i < n; ++i)
+        if (key[idx[i]] < key[idx[i - 1]]) bounds[runs++] = i;
+    bounds[runs] = n;
+    while (runs > 1) {
+        int64_t merged = 0;
+        for (int64_t r = 0; r < runs; r += 2) {
+            const int64_t lo = bounds[r], mid = bounds[r + 1];
+            const int64_t hi = r + 2 <= runs ? bounds[r + 2] : mid;
+            int64_t a = lo, b = mid, o = lo;
+            while (a < mid && b < hi) tmp[o++] = key[idx[b]] < key[idx[a]] ? idx[b++] : idx[a++];
+            while (a < mid) tmp[o++] = idx[a++];
+            while (b < hi) tmp[o++] = idx[b++];
+            memcpy(idx + lo, tmp + lo, sizeof(int64_t) * (hi - lo));
+            bounds[merged++] = lo;
+        }
+        bounds[merged] = n;
+        runs = merged;
+    }
+}
+
+/* keys sorted ascending. floored[i] = key of floor(coord_i / s) * s; order = the permutation
+ * that sorts floored (stable). Sorted keys are (batch, x)-major and flooring is monotone, so
+ * inputs sharing (batch, floor x) are contiguous and only such a run needs sorting: the
+ * runs are sorted in parallel. Returns 2 when memory ran out. */
+int sc_downsample_sorted(const int64_t *keys, int64_t n, int64_t sx, int64_t sy, int64_t sz,
+                         int64_t *floored, int64_t *order, int n_threads) {
+    int64_t *starts = malloc(sizeof(int64_t) * (n + 1));
+    if (!starts) return 2;
+    const int pow2 = is_pow2(sx) && is_pow2(sy) && is_pow2(sz) && sx <= BIAS && sy <= BIAS &&
+                     sz <= BIAS;
+    const int64_t mask = pow2 ? pow2_floor_mask(sx, sy, sz) : 0;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+        floored[i] = pow2 ? keys[i] & mask : floor_key(keys[i], sx, sy, sz);
+        order[i] = i;
+    }
+    int64_t runs = 0;
+    for (int64_t i = 0; i < n; ++i)
+        if (i == 0 || (floored[i] >> (2 * FIELD_BITS)) != (floored[i - 1] >> (2 * FIELD_BITS)))
+            starts[runs++] = i;
+    starts[runs] = n;
+    int bad = 0;
+#pragma omp parallel num_threads(n_threads) reduction(| : bad)
+    {
+        int64_t cap = 0;
+        int64_t *tmp = NULL, *bounds = NULL;
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t r = 0; r < runs; ++r) {
+            const int64_t lo = starts[r], len = starts[r + 1] - lo;
+            if (len > cap) {
+                free(tmp);
+                free(bounds);
+                cap = len;
+                tmp = malloc(sizeof(int64_t) * cap);
+                bounds = malloc(sizeof(int64_t) * (cap + 1));
+            }
+            if (!tmp || !bounds) {
+                bad |= 2;
+                cap = 0;
+                continue;
+            }
+            sort_by_key(floored, order + lo, tmp, bounds, len);
+        }
+        free(tmp);
+        free(bounds);
+    }
+    free(starts);
+    return bad;
+}
+
+/* The map of a conv whose kernel equals its stride (Minkowski mode, no dilation): input i
+ * lies in exactly one output cell, out_row[i], at offset ((x - fx) / tx, ...) of a kx*ky*kz
+ * kernel (t: the input's tensor stride). */
+int sc_scatter_cells(const int64_t *keys, const int64_t *floored, const int64_t *out_row,
+                     int64_t n, int64_t kx, int64_t ky, int64_t kz, int64_t tx, int64_t ty,
+                     int64_t tz, int32_t *nbmap, int64_t n_out, int n_threads) {
+    const int64_t K = kx * ky * kz;
+    int bad = 0;
+#pragma omp parallel num_threads(n_threads) reduction(| : bad)
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n_out * K; ++i) nbmap[i] = -1;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t d = keys[i] - floored[i]; /* every field holds 0 <= delta < k * t */
+            const int64_t dx = ((d >> (2 * FIELD_BITS)) & FIELD_MASK) / tx;
+            const int64_t dy = ((d >> FIELD_BITS) & FIELD_MASK) / ty, dz = (d & FIELD_MASK) / tz;
+            if (dx >= kx || dy >= ky || dz >= kz || out_row[i] < 0 || out_row[i] >= n_out) {
+                bad |= 1;
+                continue;
+            }
+            nbmap[out_row[i] * K + (dx * ky + dy) * kz + dz] = (int32_t)i;
+        }
+    }
+    return bad;
+}

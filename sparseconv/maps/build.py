@@ -74,6 +74,8 @@ def _forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap:
         out_coords = coords
     else:
         ts_out = tuple(a * b for a, b in zip(ts, s))
+        if mode == "minkowski" and tables.native(coords.device) and tables.is_sorted(in_keys):
+            return _native_downsample(in_keys, coords, ts, ts_out, s, d, offsets, method, cache)
         if mode == "minkowski":
             out_coords = output_coords.strided_minkowski(coords, ts_out)
         else:
@@ -90,7 +92,24 @@ def _forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap:
     return from_neighbor_matrix(found, out_coords, coords.shape[0], offsets)
 
 
-def _native_map(in_keys, coords, out_coords, shifts, offsets, method, symmetric) -> KernelMap:
+def _native_downsample(in_keys, coords, ts, ts_out, s, d, offsets, method, cache) -> KernelMap:
+    """Minkowski strided map by the C mapper: outputs and each input's cell in one pass; a
+    kernel equal to the stride needs no search (every input lies in one cell)."""
+    out_keys, out_row, floored = cpu_kernel_map.downsample(in_keys, ts_out)
+    out_coords = coord_keys.unpack(out_keys)
+    if cache is not None:  # an equal coordinate set may be cached already: share that one
+        out_coords = cache.coords.setdefault(ts_out, out_coords)
+    ks = _kernel_dims(offsets)
+    if ks == s and d == (1, 1, 1):
+        nbmap = cpu_kernel_map.scatter_cells(in_keys, floored, out_row, len(out_keys), ks, ts)
+        return KernelMap.from_nbmap(nbmap, out_coords, coords.shape[0], offsets)
+    shifts = scaled_offsets(offsets, d, ts)
+    return _native_map(in_keys, coords, out_coords, shifts, offsets, method, False, out_keys)
+
+
+def _native_map(
+    in_keys, coords, out_coords, shifts, offsets, method, symmetric, out_keys=None
+) -> KernelMap:
     """The C mapper: the neighbour table directly, CSR lists only if a dataflow asks."""
     n_out, volume = out_coords.shape[0], len(offsets)
     nbmap = torch.empty((n_out, volume), dtype=torch.int32)
@@ -100,7 +119,8 @@ def _native_map(in_keys, coords, out_coords, shifts, offsets, method, symmetric)
             tables.search(in_keys, in_keys, packed[: volume // 2], method, nbmap)
             cpu_kernel_map.mirror(nbmap)
         return KernelMap.from_nbmap(nbmap, coords, coords.shape[0], offsets, submanifold=True)
-    out_keys = in_keys if out_coords is coords else coord_keys.pack(out_coords)
+    if out_keys is None:
+        out_keys = in_keys if out_coords is coords else coord_keys.pack(out_coords)
     if n_out and coords.shape[0]:
         tables.search(in_keys, out_keys, packed, method, nbmap)
     else:

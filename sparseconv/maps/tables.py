@@ -67,10 +67,15 @@ def search(
     cpu_kernel_map.search_sorted(sorted_in, in_rows, sorted_out, out_rows, packed, nbmap, col0)
 
 
+def is_sorted(keys: torch.Tensor) -> bool:
+    """Whether ``keys`` ascend (what ``voxelize`` and strided outputs produce)."""
+    return keys.numel() < 2 or bool((keys[1:] >= keys[:-1]).all())
+
+
 def _sorted(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sorted keys and the row of each sorted position (None when already sorted)."""
     keys = keys.contiguous()
-    if keys.numel() < 2 or bool((keys[1:] >= keys[:-1]).all()):
+    if is_sorted(keys):
         return keys, None
     values, order = torch.sort(keys)
     return values, order
