@@ -17,11 +17,19 @@ PANEL = 16  # the register kernel's column block: weights are padded to a multip
 # pairs per weight-gradient work item: their gathered rows (2 x 128 x C floats) stay in L2
 WEIGHT_GRAD_CHUNK = 128
 
+# Output rows per tile: TILE_FLOATS accumulators (1 MiB, about one core's L2), at most TILE_MAX
+# rows. A tile reads every offset's weight once, and a scan row has ~3 of its 27 neighbours, so
+# a tile needs hundreds of rows before each offset's weight serves more than a few of them: at
+# C = 256 a 64-row tile streamed 27 x 256 KB of weights per 64 rows and ran at half the rate.
+TILE_FLOATS = 1 << 18
+TILE_MAX = 1024
 available = cpu_library.available
 unavailable_reason = cpu_library.unavailable_reason
 
 
 def _check(rc: int, what: str) -> None:
+    if rc & 4:
+        raise ValueError(f"{what}: the kernel was given a panel width it was not built for")
     if rc & 2:
         raise MemoryError(f"{what}: out of memory for the per-thread buffers")
     if rc & 1:
@@ -33,13 +41,23 @@ def _panel_width(cout: int) -> int:
     return -(-cout // PANEL) * PANEL
 
 
-def _padded_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``[K, Cin, Cout]`` with Cout zero-padded to a multiple of ``PANEL``, contiguous."""
+def _panel(cout: int) -> int:
+    """The register kernel's panel for ``cout`` columns: the wide one (32 on AVX-512: two
+    vectors per row, fewer loads per FMA) where Cout is a multiple of it, else 16."""
+    wide = cpu_library.lib().sc_max_panel()
+    return wide if cout % wide == 0 else PANEL
+
+
+def _panel_major_weight(weight: torch.Tensor, panel: int) -> torch.Tensor:
+    """``[K, Cin, Cout]`` as ``[K, Cout_p / panel, Cin, panel]`` (Cout zero-padded to whole
+    panels): the register kernel reads one panel down all Cin rows, so each panel is made one
+    contiguous block (sequential reads the prefetcher follows, instead of a short read every
+    ``Cout`` floats)."""
     k, cin, cout = weight.shape
-    ldw = _panel_width(cout)
+    ldw = -(-cout // panel) * panel
     padded = weight.new_zeros((k, cin, ldw))
     padded[:, :, :cout] = weight
-    return padded
+    return padded.view(k, cin, ldw // panel, panel).transpose(1, 2).contiguous()
 
 
 def _check_inputs(**tensors: torch.Tensor) -> None:
@@ -63,15 +81,17 @@ def implicit_gemm(src: torch.Tensor, weight: torch.Tensor, nbmap: torch.Tensor) 
             f"shapes disagree: src {list(src.shape)}, weight {list(weight.shape)}, "
             f"nbmap {list(nbmap.shape)}"
         )
-    w = _padded_weight(weight)
+    panel = _panel(cout)
+    w = _panel_major_weight(weight, panel)
     n_dst = nbmap.shape[0]
     dst = src.new_empty((n_dst, cout))
     if n_dst == 0:
         return dst
-    tile = max(16, min(256, 16384 // w.shape[2]))  # accumulators of a tile stay in L1/L2
+    ldw = -(-cout // panel) * panel
+    tile = max(16, min(TILE_MAX, TILE_FLOATS // ldw))
     rc = cpu_library.lib().sc_implicit_gemm(
-        src.data_ptr(), src.shape[0], cin, w.data_ptr(), w.shape[2], cout, nbmap.data_ptr(),
-        n_dst, k, dst.data_ptr(), tile, torch.get_num_threads(),
+        src.data_ptr(), src.shape[0], cin, w.data_ptr(), ldw, cout, nbmap.data_ptr(),
+        n_dst, k, dst.data_ptr(), tile, panel, torch.get_num_threads(),
     )  # fmt: skip
     _check(rc, "implicit_gemm")
     return dst

@@ -26,7 +26,9 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
 _I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 # argument types of every exported function (all return an int status)
 SIGNATURES = {
-    "sc_implicit_gemm": [_PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _INT],
+    "sc_implicit_gemm": [_PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64,
+                         _INT],
+    "sc_max_panel": [],
     "sc_weight_grad": [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR,
                        _I64, _INT],
     "sc_search_sorted": [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _INT],

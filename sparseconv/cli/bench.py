@@ -30,6 +30,21 @@ def add_parser(sub) -> None:
         choices=["float32", "float16", "bfloat16"],
         help="feature and weight dtype (float16 on CUDA for the GPU table)",
     )
+    n = bsub.add_parser(
+        "net", help="whole networks per scan (maps built per call, cached, training) vs spconv"
+    )
+    n.add_argument("--networks", nargs="*", default=None,
+                   help="minkunet-w0.5 minkunet-w1.0 spvcnn-w0.5 (default: all)")  # fmt: skip
+    n.add_argument("--sizes", type=int, nargs="*", default=None,
+                   help="synthetic voxel counts (default 10000 100000)")  # fmt: skip
+    n.add_argument("--dtypes", nargs="*", default=None,
+                   help="float32 float16 bfloat16 (default: float32 on CPU, all on CUDA)")  # fmt: skip
+    n.add_argument("--threads", type=int, nargs="*", default=None,
+                   help="sparseconv CPU thread counts (default 1 2)")  # fmt: skip
+    n.add_argument("--background-load", type=int, default=0,
+                   help="busy processes running beside every contender")  # fmt: skip
+    n.add_argument("--compile", action="store_true", help="also time torch.compile(network)")
+    n.add_argument("--png", type=Path, default=Path("bench_net.png"), help="bar chart path")
     pr = bsub.add_parser(
         "prune", help="dense vs pruned variants of a trained run: mIoU, MACs, latency"
     )
@@ -41,7 +56,7 @@ def add_parser(sub) -> None:
         "2:4 ends dense, fine 0.5)",
     )  # fmt: skip
     pr.add_argument("--finetune-steps", type=int, default=100, help="per variant, at lr/10")
-    for q in (m, c, pr):
+    for q in (m, c, n, pr):
         q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
         q.add_argument(
             "--json", type=Path, default=None, help="write the results to this JSON file"
@@ -61,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bench == "prune":
         return run_prune_bench(args)
+    if args.bench == "net":
+        return run_net_bench(args)
 
     if args.device.startswith("cuda"):
         import torch
@@ -110,6 +127,37 @@ def run_prune_bench(args: argparse.Namespace) -> int:
     )
     print(report.format_table(prune.table_rows(payload["rows"])))
     print(f"plot: {payload['out_dir']}/prune_tradeoff.png")
+    if args.json:
+        report.save_json(args.json, payload)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_net_bench(args: argparse.Namespace) -> int:
+    from sparseconv.bench import net, report
+
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda but no CUDA device is available")
+    payload = net.run(
+        args.device,
+        tuple(args.networks) if args.networks else net.DEFAULT_NETWORKS,
+        tuple(args.sizes) if args.sizes is not None else net.DEFAULT_SIZES,
+        args.rounds,
+        args.data,
+        tuple(args.dtypes) if args.dtypes else None,
+        tuple(args.threads) if args.threads else (1, 2),
+        args.background_load,
+        args.compile,
+    )
+    payload["environment"] = report.environment(args.device)
+    print(report.format_table(net.table_rows(payload["rows"])))
+    try:
+        print(f"chart: {net.plot(payload['rows'], args.png)}")
+    except ImportError as err:
+        print(f"no chart: {err}")
     if args.json:
         report.save_json(args.json, payload)
         print(f"wrote {args.json}")
