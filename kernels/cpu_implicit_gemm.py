@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from sparseconv.kernels import cpu_library
+from sparseconv.utils.threads import available_threads
 
 PANEL = 16  # the register kernel's column block: weights are padded to a multiple of it
 # pairs per weight-gradient work item: their gathered rows (2 x 128 x C floats) stay in L2
@@ -91,7 +92,7 @@ def implicit_gemm(src: torch.Tensor, weight: torch.Tensor, nbmap: torch.Tensor) 
     tile = max(16, min(TILE_MAX, TILE_FLOATS // ldw))
     rc = cpu_library.lib().sc_implicit_gemm(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), ldw, cout, nbmap.data_ptr(),
-        n_dst, k, dst.data_ptr(), tile, panel, torch.get_num_threads(),
+        n_dst, k, dst.data_ptr(), tile, panel, available_threads(),
     )  # fmt: skip
     _check(rc, "implicit_gemm")
     return dst
@@ -122,7 +123,7 @@ def weight_grad(
     rc = cpu_library.lib().sc_weight_grad(
         x.data_ptr(), x.shape[0], cin, dy.data_ptr(), dy.shape[0], cout, ldw, in_idx.data_ptr(),
         out_idx.data_ptr(), ptr.data_ptr(), k, dw.data_ptr(), WEIGHT_GRAD_CHUNK,
-        torch.get_num_threads(),
+        available_threads(),
     )  # fmt: skip
     _check(rc, "weight_grad")
     return dw

@@ -11,13 +11,14 @@ from __future__ import annotations
 import torch
 
 from sparseconv.kernels import cpu_library
+from sparseconv.utils.threads import available_threads
 
 available = cpu_library.available
 CHUNK = 2048  # rows per work item in kernel_map.c (the CSR fill writes chunk by chunk)
 
 
 def _threads() -> int:
-    return torch.get_num_threads()
+    return available_threads()
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -65,7 +66,10 @@ def hash_table(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _threads(),
     )  # fmt: skip
     if dup:
-        raise ValueError("coordinates contain duplicates (two rows with the same key)")
+        raise ValueError(
+            "coords contain duplicate coordinates; use sparseconv.voxelize to merge points that "
+            "fall into the same voxel"
+        )
     return table_keys, table_rows
 
 

@@ -4,7 +4,8 @@ The sources are compiled with the system C compiler (``$CC``, default ``gcc``; `
 -march=native -fopenmp``) into a per-user cache the first time a kernel is needed (about a
 second) and reused while the sources, flags and CPU stay the same: no build step at install
 time, no torch headers. The library links the OpenMP runtime torch has already loaded and is
-given ``torch.get_num_threads()`` threads per call. Where no compiler is found :func:`available`
+given ``sparseconv.utils.threads.available_threads()`` threads per call (torch's setting,
+fewer while other processes occupy the cores). Where no compiler is found :func:`available`
 is False with the reason in :func:`unavailable_reason`, and callers use the torch code instead.
 """
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from sparseconv.maps import keys as coord_keys
+from sparseconv.maps import tables
 from sparseconv.maps.cache import MapCache
 from sparseconv.maps.hashtable import HashTable
 from sparseconv.maps.offsets import Triple, as_triple
@@ -53,10 +54,14 @@ class SparseTensor:
                 (torch.remainder(coords[:, 1:], coords.new_tensor(self.stride)) != 0).any()
             ):
                 raise ValueError(f"coords must be multiples of the tensor stride {self.stride}")
-            # Building the table raises on duplicates; keep it, the first conv needs it.
-            table = HashTable.build(coord_keys.pack(coords))
-            if self.stride not in self.cache.coords:
-                self.cache.tables[self.stride] = table
+            keys = coord_keys.pack(coords)
+            if tables.native(coords.device):
+                tables.check_unique(keys)  # the C mapper needs no cached table
+            else:
+                # Building the table raises on duplicates; keep it, the first conv needs it.
+                table = HashTable.build(keys)
+                if self.stride not in self.cache.coords:
+                    self.cache.tables[self.stride] = table
         self.cache.coords.setdefault(self.stride, coords)
 
     # -- basic properties -------------------------------------------------------------------

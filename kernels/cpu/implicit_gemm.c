@@ -283,80 +283,95 @@ static int gather_pairs(const float *x, int64_t n_in, int64_t cin, const float *
     return 0;
 }
 
+/* Sums one slot's work items (consecutive pair chunks, sorted by offset) into its buffer,
+ * which holds the offsets k_first .. k_last of the slot. Returns 1 for an index out of range. */
+static int weight_grad_slot(const float *x, int64_t n_in, int64_t cin, const float *dy,
+                            int64_t n_out, int64_t cout, int64_t ldw, const int64_t *in_idx,
+                            const int64_t *out_idx, const int64_t *ptr, const int64_t *item_k,
+                            const int64_t *item_lo, int64_t first, int64_t last, int64_t chunk,
+                            float *xc, float *gc, float *buf) {
+    const int64_t panel = cin * ldw, k_first = item_k[first];
+    for (int64_t it = first; it < last; ++it) {
+        const int64_t k = item_k[it], lo = item_lo[it];
+        const int64_t P = (lo + chunk < ptr[k + 1] ? lo + chunk : ptr[k + 1]) - lo;
+        if (gather_pairs(x, n_in, cin, dy, n_out, cout, ldw, in_idx + lo, out_idx + lo, P, xc, gc))
+            return 1;
+        float *dwk = buf + (k - k_first) * panel;
+        for (int64_t c0 = 0; c0 < cin; c0 += MR) {
+            const int R = cin - c0 < MR ? (int)(cin - c0) : MR;
+            for (int64_t j = 0; j < ldw; j += NR)
+                outer_panel_any(R, xc + c0, cin, gc + j, ldw, P, dwk + c0 * ldw + j);
+        }
+    }
+    return 0;
+}
+
 /* dw[k] = sum over the pairs p of offset k of x[in_idx[p]]^T (x) dy[out_idx[p]].
  *
  * x [n_in, cin], dy [n_out, cout], pairs CSR by offset (ptr [K + 1]), dw [K, cin, cout].
- * Pairs are cut into chunks of at most `chunk`; each thread sums its chunks into a private
- * [K, cin, ldw] buffer, and the buffers are added in thread order (deterministic for a fixed
- * thread count). Returns 0, 1 for an index out of range, 2 when memory ran out. */
+ * Pairs are cut into chunks of at most `chunk` (work items, in offset order), and the items
+ * into WEIGHT_GRAD_SLOTS consecutive slots. Threads take slots dynamically (a descheduled
+ * thread holds up only the slot it has), each slot sums into its own buffer, and the buffers
+ * are added in slot order: the result depends neither on the thread count nor on which thread
+ * ran what. Returns 0, 1 for an index out of range, 2 when memory ran out. */
+#define WEIGHT_GRAD_SLOTS 32
 int sc_weight_grad(const float *x, int64_t n_in, int64_t cin, const float *dy, int64_t n_out,
                    int64_t cout, int64_t ldw, const int64_t *in_idx, const int64_t *out_idx,
                    const int64_t *ptr, int64_t K, float *dw, int64_t chunk, int n_threads) {
     int64_t n_items = 0;
     for (int64_t k = 0; k < K; ++k) n_items += (ptr[k + 1] - ptr[k] + chunk - 1) / chunk;
-    int64_t *item_k = malloc(sizeof(int64_t) * (n_items + 1));
-    int64_t *item_lo = malloc(sizeof(int64_t) * (n_items + 1));
-    float **partial = calloc((size_t)n_threads, sizeof(float *));
-    int bad = 0, team = 1;
-    if (!item_k || !item_lo || !partial) {
-        free(item_k);
-        free(item_lo);
-        free(partial);
-        return 2;
-    }
-    for (int64_t k = 0, i = 0; k < K; ++k)
+    memset(dw, 0, sizeof(float) * K * cin * cout);
+    if (n_items == 0) return 0;
+    const int64_t n_slots = n_items < WEIGHT_GRAD_SLOTS ? n_items : WEIGHT_GRAD_SLOTS;
+    int64_t *item_k = malloc(sizeof(int64_t) * n_items);
+    int64_t *item_lo = malloc(sizeof(int64_t) * n_items);
+    float **buf = calloc((size_t)n_slots, sizeof(float *));
+    int bad = 0;
+    if (!item_k || !item_lo || !buf) bad = 2;
+    for (int64_t k = 0, i = 0; !bad && k < K; ++k)
         for (int64_t lo = ptr[k]; lo < ptr[k + 1]; lo += chunk, ++i) {
             item_k[i] = k;
             item_lo[i] = lo;
         }
     const int64_t panel = cin * ldw;
+    if (!bad) {
 #pragma omp parallel num_threads(n_threads) reduction(| : bad)
-    {
-        const int me = omp_get_thread_num();
-#pragma omp single
-        team = omp_get_num_threads();
-        float *mine = calloc((size_t)(K * panel), sizeof(float));
-        float *xc = malloc(sizeof(float) * chunk * cin);
-        float *gc = calloc((size_t)(chunk * ldw), sizeof(float));
-        partial[me] = mine;
-        const int ok = mine && xc && gc;
-        /* every thread must reach the work-sharing loop, even one without buffers */
-#pragma omp for schedule(static, 1) /* fixed chunk -> thread assignment: deterministic sums */
-        for (int64_t it = 0; it < n_items; ++it) {
-            if (!ok) {
-                bad |= 2;
-                continue;
+        {
+            float *xc = malloc(sizeof(float) * chunk * cin);
+            float *gc = calloc((size_t)(chunk * ldw), sizeof(float));
+            /* every thread must reach the work-sharing loop, even one without buffers */
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t sl = 0; sl < n_slots; ++sl) {
+                const int64_t first = sl * n_items / n_slots, last = (sl + 1) * n_items / n_slots;
+                const int64_t span = item_k[last - 1] - item_k[first] + 1;
+                buf[sl] = calloc((size_t)(span * panel), sizeof(float));
+                if (!xc || !gc || !buf[sl]) {
+                    bad |= 2;
+                    continue;
+                }
+                bad |= weight_grad_slot(x, n_in, cin, dy, n_out, cout, ldw, in_idx, out_idx, ptr,
+                                        item_k, item_lo, first, last, chunk, xc, gc, buf[sl]);
             }
-            const int64_t k = item_k[it], lo = item_lo[it];
-            const int64_t P = (lo + chunk < ptr[k + 1] ? lo + chunk : ptr[k + 1]) - lo;
-            if (gather_pairs(x, n_in, cin, dy, n_out, cout, ldw, in_idx + lo, out_idx + lo, P, xc,
-                             gc)) {
-                bad |= 1;
-                continue;
-            }
-            float *dwk = mine + k * panel;
-            for (int64_t c0 = 0; c0 < cin; c0 += MR) {
-                const int R = cin - c0 < MR ? (int)(cin - c0) : MR;
-                for (int64_t j = 0; j < ldw; j += NR)
-                    outer_panel_any(R, xc + c0, cin, gc + j, ldw, P, dwk + c0 * ldw + j);
-            }
+            free(xc);
+            free(gc);
         }
-        free(xc);
-        free(gc);
     }
     if (!bad) {
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 4)
         for (int64_t row = 0; row < K * cin; ++row) {
+            const int64_t k = row / cin, c = row % cin;
             float *out = dw + row * cout;
-            memcpy(out, partial[0] + row * ldw, sizeof(float) * cout);
-            for (int t = 1; t < team; ++t) {
-                const float *src = partial[t] + row * ldw;
+            for (int64_t sl = 0; sl < n_slots; ++sl) {
+                const int64_t first = sl * n_items / n_slots, last = (sl + 1) * n_items / n_slots;
+                const int64_t k_first = item_k[first];
+                if (k < k_first || k > item_k[last - 1]) continue;
+                const float *src = buf[sl] + (k - k_first) * panel + c * ldw;
                 for (int64_t o = 0; o < cout; ++o) out[o] += src[o];
             }
         }
     }
-    for (int t = 0; t < n_threads; ++t) free(partial[t]);
-    free(partial);
+    for (int64_t sl = 0; buf && sl < n_slots; ++sl) free(buf[sl]);
+    free(buf);
     free(item_k);
     free(item_lo);
     return bad;

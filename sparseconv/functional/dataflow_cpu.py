@@ -3,8 +3,8 @@
 Output-stationary like ``triton_implicit_gemm``, but for the CPU: the forward pass walks
 ``kmap.nbmap``, the input gradient the transposed map's ``nbmap`` with ``W^T``, and the weight
 gradient the CSR pairs (``sparseconv.kernels.cpu_implicit_gemm``). No atomics: the forward
-pass and the input gradient are deterministic, the weight gradient is deterministic for a
-fixed thread count. The kernels compute in float32; float16 / bfloat16 operands are widened to
+pass, the input gradient and the weight gradient are deterministic and do not depend on the
+thread count (the weight gradient sums fixed slots of pairs in slot order). The kernels compute in float32; float16 / bfloat16 operands are widened to
 float32 per call (exact: the products of half-precision numbers are exact in float32, and the
 sum accumulates in float32 as every dataflow's does), which on a CPU without half-precision
 GEMM instructions is more than ten times faster than torch's half-precision ``bmm``. The caller

@@ -67,6 +67,14 @@ def search(
     cpu_kernel_map.search_sorted(sorted_in, in_rows, sorted_out, out_rows, packed, nbmap, col0)
 
 
+def check_unique(keys: torch.Tensor) -> None:
+    """ValueError when a key occurs twice: one compare pass for ascending keys (what
+    ``voxelize`` gives), else the C hash table's insert (CPU only)."""
+    if keys.numel() < 2 or bool((keys[1:] > keys[:-1]).all()):
+        return
+    cpu_kernel_map.hash_table(keys.contiguous())
+
+
 def is_sorted(keys: torch.Tensor) -> bool:
     """Whether ``keys`` ascend (what ``voxelize`` and strided outputs produce)."""
     return keys.numel() < 2 or bool((keys[1:] >= keys[:-1]).all())

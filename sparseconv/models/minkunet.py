@@ -16,6 +16,7 @@ from torch import nn
 from sparseconv import nn as snn
 from sparseconv.models.blocks import ConvBlock, residual_stage
 from sparseconv.tensor import SparseTensor
+from sparseconv.utils.threads import with_adaptive_threads
 
 BASE_WIDTHS = (32, 32, 64, 128, 256, 256, 128, 96, 96)
 MINKUNET18_BLOCKS = (2,) * 8
@@ -79,6 +80,7 @@ class MinkUNet(nn.Module):
         y = self.up[j](y)
         return self.fuse[j](y.replace_feats(torch.cat([y.feats, skip.feats], 1)))
 
+    @with_adaptive_threads
     def forward(self, x: SparseTensor) -> torch.Tensor:
         skips = self.encode(x)
         y = skips[4]

@@ -14,6 +14,7 @@ from torch import nn
 
 from sparseconv.models.minkunet import MINKUNET18_BLOCKS, MinkUNet
 from sparseconv.tensor import SparseTensor
+from sparseconv.utils.threads import with_adaptive_threads
 from sparseconv.voxelize import devoxelize, points_to_voxels
 
 
@@ -46,6 +47,7 @@ class SPVCNN(MinkUNet):
         z = devoxelize(x, None, "trilinear", points, voxel_size)
         return z + mlp(point_feats) if mlp is not None else z
 
+    @with_adaptive_threads
     def forward(  # type: ignore[override]
         self, x: SparseTensor, points: torch.Tensor, voxel_size: float = 0.05
     ) -> torch.Tensor:

@@ -27,6 +27,7 @@ from sparseconv.train.losses import segmentation_loss
 from sparseconv.train.metrics import ConfusionMatrix
 from sparseconv.train.report import plot_bev, plot_curves, write_json
 from sparseconv.train.schedule import warmup_cosine
+from sparseconv.utils.threads import with_adaptive_threads
 
 
 def pick_device(name: str) -> torch.device:
@@ -236,6 +237,7 @@ class Trainer:
         return True
 
     # -- training -------------------------------------------------------------------------
+    @with_adaptive_threads  # backward's torch ops too: fewer threads while the cores are busy
     def train_step(self, batch: datasets.Batch) -> float:
         batch = batch.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):

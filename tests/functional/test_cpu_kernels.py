@@ -158,10 +158,22 @@ def test_thread_count_is_torchs(monkeypatch):
     x = torch.randn(len(coords), 16)
     w = torch.randn(27, 16, 16)
     nb = build_kernel_map(coords, 3).nbmap
+    km = build_kernel_map(coords, 3)
+    dy = torch.randn(len(coords), 16)
+
+    def grad_w():
+        return kernels.weight_grad(x, dy, km.in_idx, km.out_idx, km.offset_ptr)
+
     n = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = kernels.implicit_gemm(x, w, nb)
+        one, one_dw = kernels.implicit_gemm(x, w, nb), grad_w()
     finally:
         torch.set_num_threads(n)
     assert torch.equal(one, kernels.implicit_gemm(x, w, nb))  # output rows are thread-private
+    for threads in (2, 3):
+        torch.set_num_threads(threads)
+        try:
+            assert torch.equal(one_dw, grad_w())  # slots summed in slot order, any thread count
+        finally:
+            torch.set_num_threads(n)

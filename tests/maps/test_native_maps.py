@@ -111,7 +111,7 @@ def test_duplicate_keys_are_refused_by_the_native_hash_table():
     from sparseconv.kernels import cpu_kernel_map
 
     keys = torch.tensor([5, 7, 5], dtype=torch.int64)
-    with pytest.raises(ValueError, match="duplicates"):
+    with pytest.raises(ValueError, match="duplicate"):
         cpu_kernel_map.hash_table(keys)
 
 
