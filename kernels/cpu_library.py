@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 SOURCES = sorted(Path(__file__).with_name("cpu").glob("*.c"))
@@ -64,26 +65,66 @@ def _cpu_fingerprint() -> str:
     return flags + platform.machine()
 
 
+def fallback_dir() -> Path:
+    """A private folder under the system temp dir, used when the cache cannot be used."""
+    return Path(tempfile.gettempdir()) / f"sparseconv-{os.getuid()}" / "cpu_kernels"
+
+
+def _trusted(folder: Path) -> bool:
+    """Loading a library runs its code: only from a folder that this user owns and that no one
+    else can write (as ssh treats its keys)."""
+    st = folder.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _library_name(cc: str) -> str:
+    digest = hashlib.sha256(" ".join([cc, *FLAGS, _cpu_fingerprint()]).encode())
+    for source in SOURCES:
+        digest.update(source.name.encode() + source.read_bytes())
+    return f"sparseconv_cpu_{digest.hexdigest()[:16]}.so"
+
+
+def _compile(cc: str, lib_path: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
+        out = Path(tmp) / lib_path.name
+        done = subprocess.run(
+            [cc, *FLAGS, *map(str, SOURCES), "-o", str(out)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            names = ", ".join(s.name for s in SOURCES)
+            raise RuntimeError(f"{cc} failed to build {names}:\n{done.stderr[-2000:]}")
+        os.replace(out, lib_path)  # atomic: concurrent builders never see half a file
+
+
+def _load_from(folder: Path, cc: str) -> ctypes.CDLL:
+    """Build into ``folder`` if needed and load; a cached file that does not load (truncated,
+    corrupted) is rebuilt once."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not _trusted(folder):
+        raise OSError(f"{folder} is writable by other users or not owned by this user")
+    lib_path = folder / _library_name(cc)
+    if not lib_path.exists():
+        _compile(cc, lib_path)
+    try:
+        return ctypes.CDLL(str(lib_path))
+    except OSError:
+        _compile(cc, lib_path)
+        return ctypes.CDLL(str(lib_path))
+
+
 def _build() -> ctypes.CDLL:
     cc = os.environ.get("CC", "gcc")
     if shutil.which(cc) is None:
         raise RuntimeError(f"no C compiler: {cc!r} not found (set $CC)")
-    digest = hashlib.sha256(" ".join([cc, *FLAGS, _cpu_fingerprint()]).encode())
-    for source in SOURCES:
-        digest.update(source.name.encode() + source.read_bytes())
-    lib_path = cache_dir() / f"sparseconv_cpu_{digest.hexdigest()[:16]}.so"
-    if not lib_path.exists():
-        lib_path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
-            out = Path(tmp) / lib_path.name
-            done = subprocess.run(
-                [cc, *FLAGS, *map(str, SOURCES), "-o", str(out)], capture_output=True, text=True
-            )
-            if done.returncode != 0:
-                names = ", ".join(s.name for s in SOURCES)
-                raise RuntimeError(f"{cc} failed to build {names}:\n{done.stderr[-2000:]}")
-            os.replace(out, lib_path)  # atomic: concurrent builders never see half a file
-    lib = ctypes.CDLL(str(lib_path))
+    problems = []
+    for folder in (cache_dir(), fallback_dir()):
+        try:
+            lib = _load_from(folder, cc)
+            break
+        except OSError as err:  # read-only or untrusted cache, corrupted file: try the next
+            problems.append(f"{folder}: {err}")
+    else:
+        raise RuntimeError("no usable kernel cache: " + "; ".join(problems))
     for name, argtypes in SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes = argtypes
@@ -100,6 +141,12 @@ def library() -> ctypes.CDLL | None:
             except (RuntimeError, OSError) as err:
                 _state["lib"] = None
                 _state["reason"] = str(err)
+                warnings.warn(
+                    f"sparseconv: the C kernels are unavailable ({err}); convolutions and maps "
+                    "use the slower torch code",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         return _state["lib"]  # type: ignore[return-value]
 
 

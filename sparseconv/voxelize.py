@@ -60,7 +60,7 @@ def voxelize(
     grid = torch.floor(xyz[finite].double() / vs.to(points.device)).long()
     b = torch.zeros(grid.shape[0], dtype=torch.long, device=points.device)
     if batch is not None:
-        b = batch[finite].long()
+        b = _batch_index(batch, points.shape[0])[finite]
     coords = torch.cat([b[:, None], grid], dim=1)
     if coords.numel() and (
         coords[:, 1:].abs().max() > max(-coord_keys.COORD_MIN, coord_keys.COORD_MAX)
@@ -89,6 +89,25 @@ def voxelize(
     return SparseTensor(feats, coord_keys.unpack(uniq), check=False), p2v
 
 
+def _batch_index(batch: torch.Tensor, n: int) -> torch.Tensor:
+    """The batch column as int64, refused unless it holds whole numbers in [0, BATCH_MAX]."""
+    if not isinstance(batch, torch.Tensor) or batch.shape != (n,):
+        raise ValueError(
+            f"batch must be a tensor of shape [{n}], got {getattr(batch, 'shape', batch)}"
+        )
+    if batch.numel() and (
+        bool((batch != batch.round()).any()) if batch.is_floating_point() else False
+    ):
+        raise ValueError("batch index must hold whole numbers (points[:, 0] or batch)")
+    b = batch.long()
+    if b.numel() and (int(b.min()) < 0 or int(b.max()) > coord_keys.BATCH_MAX):
+        raise ValueError(
+            f"batch index must be in [0, {coord_keys.BATCH_MAX}], got "
+            f"[{int(b.min())}, {int(b.max())}] (points[:, 0] or batch)"
+        )
+    return b
+
+
 def devoxelize(
     x: SparseTensor,
     p2v: torch.Tensor,
@@ -106,6 +125,13 @@ def devoxelize(
     if mode not in DEVOXELIZE_MODES:
         raise ValueError(f"mode must be one of {DEVOXELIZE_MODES}, got {mode!r}")
     if mode == "nearest":
+        if not isinstance(p2v, torch.Tensor) or p2v.dim() != 1 or p2v.is_floating_point():
+            raise ValueError("p2v must be the integer point-to-voxel index [N] from voxelize")
+        if p2v.numel() and int(p2v.max()) >= len(x):
+            raise ValueError(
+                f"p2v names voxel {int(p2v.max())} but x has {len(x)} voxels "
+                "(was x built from the same voxelize call?)"
+            )
         out = x.feats.new_zeros((p2v.shape[0], x.feats.shape[1]))
         ok = p2v >= 0
         out[ok] = x.feats[p2v[ok]]

@@ -32,7 +32,6 @@ from sparseconv.bench import breakdown, inputs, load, peers
 from sparseconv.models import SPVCNN, MinkUNet
 from sparseconv.utils.optional import pyplot
 from sparseconv.utils.progress import progress_bar
-from sparseconv.utils.threads import with_adaptive_threads
 from sparseconv.utils.timing import Threads, interleaved, median, ratio
 
 VOXEL_SIZE = 0.05
@@ -113,7 +112,6 @@ class Contenders:
         with torch.no_grad():
             return _call(self.net, self.scan, x, self.point_based)
 
-    @with_adaptive_threads  # as the trainer's step is
     def train_step(self) -> None:
         logits = _call(self.train_net, self.scan, self.fresh_input(), self.point_based)
         loss = torch.nn.functional.cross_entropy(logits.float(), self.scan.labels)
@@ -135,7 +133,6 @@ class Contenders:
         with torch.no_grad():
             return self.twin(self.twin_input())
 
-    @with_adaptive_threads
     def twin_train_step(self) -> None:
         logits = self.twin_train(self.twin_input())
         loss = torch.nn.functional.cross_entropy(logits.float(), self.scan.labels)

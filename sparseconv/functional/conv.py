@@ -95,7 +95,7 @@ def _kernel_map(x, weight, bias, kernel_size, stride, dilation, transposed, mode
     _check_weight(x, weight, bias, math.prod(ks))
     return build_kernel_map(
         x.coords, ks, stride, dilation, method=method, downsample_mode=mode,
-        tensor_stride=x.stride, transposed=transposed, cache=x.cache,
+        tensor_stride=x.stride, transposed=transposed, cache=x.cache, check=False,
     )  # fmt: skip
 
 

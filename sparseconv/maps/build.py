@@ -5,14 +5,22 @@ from __future__ import annotations
 import torch
 
 from sparseconv.kernels import cpu_kernel_map
+from sparseconv.maps import device as device_maps
 from sparseconv.maps import keys as coord_keys
 from sparseconv.maps import output_coords, tables
 from sparseconv.maps.cache import MapCache
 from sparseconv.maps.kernel_map import KernelMap, from_neighbor_matrix, submanifold_from_half
 from sparseconv.maps.neighbors import METHODS, neighbor_matrix
-from sparseconv.maps.offsets import as_triple, kernel_offsets, scaled_offsets
+from sparseconv.maps.offsets import (
+    as_triple,
+    kernel_offsets,
+    scaled_offset_list,
+    scaled_offsets,
+)
 
 DOWNSAMPLE_MODES = ("minkowski", "spconv")
+# nbmap holds int32 row indices (-1 for none): a map over more rows would wrap around
+MAX_ROWS = 2**31 - 1
 
 
 def build_kernel_map(
@@ -25,6 +33,7 @@ def build_kernel_map(
     tensor_stride: int | tuple[int, int, int] = 1,
     transposed: bool = False,
     cache: MapCache | None = None,
+    check: bool = True,
 ) -> KernelMap:
     """Kernel map of a sparse conv on ``coords`` (int32 ``[N, 4]``, batch first).
 
@@ -34,6 +43,8 @@ def build_kernel_map(
     one (the coordinates it returns to are the strided conv's inputs), else generating outputs.
     ``method`` is ``"hash"``, ``"mergesort"`` (identical maps) or ``"auto"``: merge-sort on CPU,
     where ``sparseconv bench maps`` measures it faster, and the Triton hash table on CUDA.
+    ``check=False`` skips the range check of ``coords`` (it reads them: a device sync on CUDA)
+    for coordinates a ``SparseTensor`` has checked already.
     """
     ks = as_triple(kernel_size, "kernel_size")
     if max(ks) > 5:
@@ -55,7 +66,8 @@ def build_kernel_map(
     key = (ts, ks, s, d, transposed, downsample_mode)
     if cache is not None and key in cache.kmaps:
         return cache.kmaps[key]  # checked when it was built; a hit costs no device sync
-    coord_keys.check_coords(coords)
+    coord_keys.check_coords(coords, values=check)
+    check_rows(coords.shape[0], "input")
     offsets = kernel_offsets(ks, centred=s == (1, 1, 1))
     if transposed:
         kmap = _transposed(coords, ks, s, d, ts, offsets, method, downsample_mode, cache)
@@ -67,6 +79,8 @@ def build_kernel_map(
 
 
 def _forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap:
+    if device_maps.applies(coords.device) and not tables.native(coords.device):
+        return _device_forward(coords, s, d, ts, offsets, method, mode, cache)
     shifts = scaled_offsets(offsets, d, ts).to(coords.device)
     in_keys = coord_keys.pack(coords)
     symmetric = s == (1, 1, 1) and all(k % 2 == 1 for k in _kernel_dims(offsets))
@@ -92,6 +106,23 @@ def _forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap:
     return from_neighbor_matrix(found, out_coords, coords.shape[0], offsets)
 
 
+def _device_forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap:
+    """CUDA: the whole table in one pass; a strided map reads back only its output count."""
+    shifts = scaled_offset_list(offsets, d, ts)
+    in_keys = coord_keys.pack(coords)
+    if s == (1, 1, 1):
+        symmetric = all(k % 2 == 1 for k in _kernel_dims(offsets))
+        return device_maps.kernel_map(in_keys, in_keys, coords, coords.shape[0], shifts, offsets,
+                                      method, submanifold=symmetric)  # fmt: skip
+    ts_out = tuple(a * b for a, b in zip(ts, s))
+    out_keys = device_maps.strided_outputs(coords, ts_out, shifts, mode)
+    out_coords = coord_keys.unpack(out_keys)
+    if cache is not None and mode == "minkowski":
+        out_coords = cache.coords.setdefault(ts_out, out_coords)
+    return device_maps.kernel_map(in_keys, out_keys, out_coords, coords.shape[0], shifts, offsets,
+                                  method)  # fmt: skip
+
+
 def _native_downsample(in_keys, coords, ts, ts_out, s, d, offsets, method, cache) -> KernelMap:
     """Minkowski strided map by the C mapper: outputs and each input's cell in one pass; a
     kernel equal to the stride needs no search (every input lies in one cell)."""
@@ -112,6 +143,7 @@ def _native_map(
 ) -> KernelMap:
     """The C mapper: the neighbour table directly, CSR lists only if a dataflow asks."""
     n_out, volume = out_coords.shape[0], len(offsets)
+    check_rows(n_out, "output")
     nbmap = torch.empty((n_out, volume), dtype=torch.int32)
     packed = [coord_keys.pack_offset(tuple(v)) for v in shifts.tolist()]
     if symmetric:
@@ -139,6 +171,13 @@ def _transposed(coords, ks, s, d, ts, offsets, method, mode, cache) -> KernelMap
         fine = cache.coords.get(ts_out)
         if down_key in cache.kmaps and fine is not None:
             return cache.kmaps[down_key].transposed(fine)
+    if device_maps.applies(coords.device) and not tables.native(coords.device):
+        deltas = scaled_offset_list(offsets, d, ts_out)
+        out_keys = device_maps.generated_outputs(coords, deltas)
+        negated = [(-a, -b, -c) for a, b, c in deltas]
+        return device_maps.kernel_map(coord_keys.pack(coords), out_keys,
+                                      coord_keys.unpack(out_keys), coords.shape[0], negated,
+                                      offsets, method)  # fmt: skip
     deltas = scaled_offsets(offsets, d, ts_out).to(coords.device)
     out_coords = output_coords.transposed_generative(coords, deltas)
     if tables.native(coords.device):
@@ -146,6 +185,15 @@ def _transposed(coords, ks, s, d, ts, offsets, method, mode, cache) -> KernelMap
                            symmetric=False)  # fmt: skip
     found = neighbor_matrix(coord_keys.pack(coords), coord_keys.pack(out_coords), -deltas, method)
     return from_neighbor_matrix(found, out_coords, coords.shape[0], offsets)
+
+
+def check_rows(n: int, what: str) -> None:
+    """ValueError before anything is allocated when ``n`` rows cannot be indexed by int32."""
+    if n > MAX_ROWS:
+        raise ValueError(
+            f"a kernel map indexes {what} rows with int32, so at most {MAX_ROWS} rows; got {n} "
+            "(split the batch into smaller ones)"
+        )
 
 
 def _kernel_dims(offsets: list[tuple[int, int, int]]) -> tuple[int, int, int]:

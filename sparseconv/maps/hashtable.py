@@ -45,8 +45,14 @@ class HashTable:
     vals: torch.Tensor
 
     @classmethod
-    def build(cls, keys: torch.Tensor, use_triton: bool | None = None) -> HashTable:
-        """Table mapping ``keys[i] -> i``; raises ``ValueError`` on duplicate keys."""
+    def build(
+        cls, keys: torch.Tensor, use_triton: bool | None = None, check_duplicates: bool = True
+    ) -> HashTable:
+        """Table mapping ``keys[i] -> i``; raises ``ValueError`` on duplicate keys.
+
+        ``check_duplicates=False`` skips reading the duplicate flags back (a device sync) for
+        keys already known to be unique (a ``SparseTensor``'s checked coordinates).
+        """
         cap = capacity_for(keys.numel())
         if _want_triton(keys, use_triton):
             from sparseconv.kernels import hash_table as triton_table
@@ -54,7 +60,7 @@ class HashTable:
             tkeys, tvals, dup = triton_table.build(keys, cap)
         else:
             tkeys, tvals, dup = _build_torch(keys, cap)
-        if bool(dup.any()):
+        if check_duplicates and bool(dup.any()):
             raise ValueError(
                 f"coords contain {int(dup.sum())} duplicate coordinate(s); "
                 "use sparseconv.voxelize to merge points that fall into the same voxel"

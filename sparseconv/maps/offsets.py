@@ -47,3 +47,11 @@ def scaled_offsets(offsets: list[Triple], dilation: Triple, tensor_stride: Tripl
     if not offsets:
         return torch.zeros((0, 3), dtype=torch.int64)
     return torch.tensor(offsets, dtype=torch.int64) * scale
+
+
+def scaled_offset_list(
+    offsets: list[Triple], dilation: Triple, tensor_stride: Triple
+) -> list[Triple]:
+    """:func:`scaled_offsets` as plain tuples (no tensor: nothing to read back from a device)."""
+    scale = [d * t for d, t in zip(dilation, tensor_stride)]
+    return [(o[0] * scale[0], o[1] * scale[1], o[2] * scale[2]) for o in offsets]

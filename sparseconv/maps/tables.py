@@ -38,10 +38,14 @@ def transpose_nbmap(nbmap: torch.Tensor, n_in: int) -> torch.Tensor:
     """``t[i, k] = j`` where ``nbmap[j, k] = i`` (int32 ``[n_in, K]``, -1 where absent)."""
     if native(nbmap.device):
         return cpu_kernel_map.transpose_nbmap(nbmap.contiguous(), n_in)
-    out = torch.full((n_in, nbmap.shape[1]), -1, dtype=torch.int32, device=nbmap.device)
-    j, k = (nbmap >= 0).nonzero(as_tuple=True)
-    out[nbmap[j, k].long(), k] = j.int()
-    return out
+    # scatter without a data-dependent shape (no host sync): absent entries write a spare slot
+    n_out, volume = nbmap.shape
+    flat = torch.full((n_in * volume + 1,), -1, dtype=torch.int32, device=nbmap.device)
+    k = torch.arange(volume, device=nbmap.device)
+    target = torch.where(nbmap >= 0, nbmap.long() * volume + k, n_in * volume)
+    rows = torch.arange(n_out, dtype=torch.int32, device=nbmap.device)[:, None].expand(-1, volume)
+    flat.scatter_(0, target.reshape(-1), rows.reshape(-1))
+    return flat[:-1].view(n_in, volume)
 
 
 def search(

@@ -105,7 +105,17 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a model saved by :func:`save`. ``model``: a fresh instance of the unpruned
     architecture, needed for user-defined classes (sparseconv's models rebuild themselves)."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
+    if not path.is_file():
+        raise FileNotFoundError(f"pruned-model file not found: {path}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:  # numpy's own message talks about allow_pickle
+        raise ValueError(
+            f"{path} is not a sparseconv pruned-model file (an .npz written by prune.save): {err}"
+        ) from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is not a sparseconv pruned-model file (a single array, not .npz)")
+    with archive as data:
         if _META not in data:
             raise ValueError(f"{path} is not a sparseconv pruned-model file (no metadata)")
         meta = json.loads(bytes(data[_META]).decode())

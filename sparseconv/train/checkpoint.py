@@ -32,10 +32,17 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     torch.save(state, buf)
     payload = buf.getvalue()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:  # e.g. a full disk: the previous checkpoints stay as they were
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({err.strerror or err}); the previous checkpoint "
+            "is unchanged"
+        ) from err
     if path.exists():
         os.replace(path, path.with_name("previous.pt"))
     os.replace(tmp, path)

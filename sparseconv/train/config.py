@@ -49,6 +49,11 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     seed: int = 0
+    # every conv on a dataflow without atomics (implicit GEMM): bit-identical reruns
+    deterministic: bool = False
+    # fewer torch threads while other processes hold the cores: faster on a busy machine, but
+    # batch-norm statistics then sum in a load-dependent order (reruns differ in the last bits)
+    adaptive_threads: bool = False
     out: str = "runs/train"
     device: str = "auto"
     num_workers: int = 0

@@ -8,6 +8,7 @@ the same run (same data order, same schedule) rather than starting a new one.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 from tqdm import tqdm
 
 from sparseconv import datasets
+from sparseconv.functional.dataflows import set_autotune
 from sparseconv.models import SPVCNN, MinkUNet
 from sparseconv.prune.importance import bn_l1_penalty
 from sparseconv.train import distributed as dist_util
@@ -27,7 +29,18 @@ from sparseconv.train.losses import segmentation_loss
 from sparseconv.train.metrics import ConfusionMatrix
 from sparseconv.train.report import plot_bev, plot_curves, write_json
 from sparseconv.train.schedule import warmup_cosine
-from sparseconv.utils.threads import with_adaptive_threads
+from sparseconv.utils.threads import adaptive_threads
+
+logger = logging.getLogger("sparseconv.train")
+
+
+def set_deterministic(model: torch.nn.Module) -> None:
+    """Every sparse conv of ``model`` on a dataflow without atomics (its sums in a fixed order)."""
+    from sparseconv.nn import Conv3d
+
+    for m in model.modules():
+        if isinstance(m, Conv3d):
+            m.deterministic = True
 
 
 def pick_device(name: str) -> torch.device:
@@ -136,8 +149,15 @@ class Trainer:
         if model is None:
             model = build_model(cfg, self.train_set.num_classes)
         self.model = model.to(self.device)
+        if cfg.deterministic:
+            set_deterministic(self.model)
         self.net = self.model
         if self.world > 1:
+            # Ranks that timed dataflows separately could pick different ones (and round
+            # differently); with tuning off every rank runs the same default, logged once.
+            set_autotune(False)
+            if self.rank == 0:
+                logger.info("DDP: dataflow autotuning off, every rank uses the default dataflow")
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
@@ -237,8 +257,13 @@ class Trainer:
         return True
 
     # -- training -------------------------------------------------------------------------
-    @with_adaptive_threads  # backward's torch ops too: fewer threads while the cores are busy
     def train_step(self, batch: datasets.Batch) -> float:
+        if self.cfg.adaptive_threads and not self.cfg.deterministic:
+            with adaptive_threads():
+                return self._train_step(batch)
+        return self._train_step(batch)
+
+    def _train_step(self, batch: datasets.Batch) -> float:
         batch = batch.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             logits, labels = training_logits(self.net, batch, self.cfg.voxel_size)

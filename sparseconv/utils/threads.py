@@ -5,27 +5,28 @@ occupies a core, one of two threads is descheduled for whole time slices while i
 waits at the barrier (spinning, on the core the first one needs), so a 2-thread run beside one
 busy process was measured slower than a 1-thread run. :func:`available_threads` therefore reads
 the number of runnable tasks (``procs_running`` in ``/proc/stat``, about 10 us, re-read at most
-every 20 ms) and gives ``min(torch.get_num_threads(), idle cores)``, at least 1. The C kernels
-take it for every call, and :func:`adaptive_threads` sets torch's own thread count for a block
-(the models wrap their forward pass in it). ``set_policy("fixed")`` (or the environment variable
-``SPARSECONV_THREADS=fixed``) always uses ``torch.get_num_threads()``.
+every 20 ms; this process's own runnable threads do not count) and gives
+``min(torch.get_num_threads(), idle cores)``, at least 1. sparseconv's C kernels take it for
+every call: their results do not depend on the thread count, so adapting costs nothing in
+reproducibility. torch's own ops keep torch's setting (their reductions split sums by thread,
+so changing it with the load would change results run to run); :func:`adaptive_threads` is an
+opt-in context that sets torch's count too, for a user who prefers speed on a busy machine to
+bit-identical reruns. ``set_policy("fixed")`` (or ``SPARSECONV_THREADS=fixed``) turns the cap
+off.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 import torch
 
 POLICIES = ("adaptive", "fixed")
 _REFRESH_S = 0.02
 _state = {"policy": os.environ.get("SPARSECONV_THREADS", "adaptive"), "at": -1.0, "idle": 0}
-F = TypeVar("F", bound=Callable)
 
 
 def set_policy(policy: str) -> None:
@@ -56,13 +57,31 @@ def _runnable() -> int | None:
     return None
 
 
+def _own_running() -> int:
+    """Threads of this process that are runnable now (this one, and OpenMP workers that still
+    spin after a parallel region: they are ours, not another process's load)."""
+    count = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    state = f.read().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
+                continue
+            count += state == "R"
+    except OSError:
+        return 1
+    return max(count, 1)
+
+
 def idle_cores() -> int:
-    """Cores not taken by another runnable task (re-read at most every 20 ms)."""
+    """Cores not taken by another process's runnable task (re-read at most every 20 ms)."""
     now = time.monotonic()
     if now - _state["at"] > _REFRESH_S:
         running = _runnable()
         cores = _cores()
-        _state["idle"] = cores if running is None else max(1, cores - max(running - 1, 0))
+        others = 0 if running is None else max(running - _own_running(), 0)
+        _state["idle"] = max(1, cores - others)
         _state["at"] = now
     return int(_state["idle"])
 
@@ -89,12 +108,16 @@ def adaptive_threads() -> Iterator[None]:
             torch.set_num_threads(saved)
 
 
-def with_adaptive_threads(fn: F) -> F:
-    """Decorator form of :func:`adaptive_threads`."""
+@contextmanager
+def inference_threads(module: torch.nn.Module) -> Iterator[None]:
+    """:func:`adaptive_threads` for a module in eval mode, torch's setting in training mode.
 
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with adaptive_threads():
-            return fn(*args, **kwargs)
-
-    return wrapped  # type: ignore[return-value]
+    In eval mode the ops around sparse convs (norms with running statistics, activations,
+    concatenations) are elementwise, so their results do not depend on the thread count; in
+    training mode batch statistics are reductions that do, and a run must stay reproducible.
+    """
+    if module.training:
+        yield
+        return
+    with adaptive_threads():
+        yield

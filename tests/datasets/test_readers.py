@@ -46,14 +46,11 @@ def test_official_splits_and_sample(kitti_root):
     assert 85_000 < len(s.coords) < 100_000 and len(s.points) == 123_389
     assert bool((s.p2v >= 0).all())
     # every voxel's label is the majority of its points' labels
-    v = int(s.p2v[0])
-    pts = s.point_labels[s.p2v == v]
-    pts = pts[pts != datasets.IGNORE_INDEX]
-    if len(pts):
-        assert (
-            int(s.voxel_labels[v]) == int(torch.mode(pts).values)
-            or (pts == s.voxel_labels[v]).sum() == torch.bincount(pts).max()
-        )
+    labelled = s.p2v[s.point_labels != datasets.IGNORE_INDEX]
+    for v in labelled[:: max(1, len(labelled) // 50)].unique().tolist():  # 50 labelled voxels
+        pts = s.point_labels[s.p2v == v]
+        pts = pts[pts != datasets.IGNORE_INDEX]
+        assert len(pts) and (pts == s.voxel_labels[v]).sum() == torch.bincount(pts).max()
 
 
 def test_nuscenes_reader(kitti_root):

@@ -59,7 +59,12 @@ def _check(
     w2 = weight.detach().cpu().requires_grad_(True)
     centred = as_triple(s, "s") == (1, 1, 1)
     out_coords = y.coords.cpu()
-    ref = dense_conv(f2, coords, w2, kt, as_triple(d, "d"), out_coords, centred, transposed)
+    # on a tensor at stride ts, offsets step d * ts raw units (a transposed conv: d * ts / s)
+    step = as_triple(ts, "ts")
+    if transposed:
+        step = tuple(a // b for a, b in zip(step, as_triple(s, "s")))
+    dense_d = tuple(a * b for a, b in zip(as_triple(d, "d"), step))
+    ref = dense_conv(f2, coords, w2, kt, dense_d, out_coords, centred, transposed)
     rx, rw = torch.autograd.grad((ref * grad.cpu()).sum(), [f2, w2])
     for got, want, name in ((y.feats, ref, "y"), (gx, rx, "dX"), (gw, rw, "dW")):
         got = got.cpu()
@@ -148,3 +153,32 @@ def test_each_torch_algorithm_matches_dense(dataflow, k, s, d, mode):
     """The torch planner's two algorithms, each forced, on every third dense-reference case."""
     coords = random_coords(80, extent=9, seed=k * 100 + s * 10 + d)
     _check(coords, 3, 5, k, s, d, mode, dataflow)
+
+
+@pytest.mark.parametrize("ts", [2, 4])
+@pytest.mark.parametrize("k,s,d", [(3, 1, 1), (2, 2, 1), (3, 2, 1), (3, 1, 2)])
+@pytest.mark.parametrize(
+    "dataflow", ["torch", pytest.param("cpu_implicit_gemm", marks=needs_cpu_kernels)]
+)
+def test_input_at_tensor_stride_above_one(ts, k, s, d, dataflow):
+    coarse = random_coords(70, extent=8, seed=ts * 10 + k, stride=ts)
+    dtype, tol = (torch.float64, 1e-9) if dataflow == "torch" else (torch.float32, 1e-5)
+    _check(coarse, 3, 4, k, s, d, "minkowski", dataflow, ts=ts, dtype=dtype, tol=tol)
+
+
+@pytest.mark.parametrize("k,s,d,ts", [(3, 2, 2, 2), (2, 2, 2, 4), (3, 3, 2, 3)])
+@pytest.mark.parametrize(
+    "dataflow", ["torch", pytest.param("cpu_implicit_gemm", marks=needs_cpu_kernels)]
+)
+def test_transposed_dilated_with_generated_outputs(k, s, d, ts, dataflow):
+    """No cached strided map: the transposed conv generates every reachable fine position."""
+    coarse = random_coords(40, extent=6, seed=k + s + d, stride=ts)
+    dtype, tol = (torch.float64, 1e-9) if dataflow == "torch" else (torch.float32, 1e-5)
+    _check(coarse, 3, 2, k, s, d, "minkowski", dataflow, transposed=True, ts=ts, dtype=dtype,
+           tol=tol)  # fmt: skip
+
+
+@pytest.mark.parametrize("k,s,d", [(4, 1, 1), (4, 2, 1), (4, 1, 2), (4, 4, 1)])
+def test_kernel_size_four(k, s, d):
+    coords = random_coords(90, extent=9, seed=k * 7 + s + d)
+    _check(coords, 3, 3, k, s, d, "minkowski", "torch")

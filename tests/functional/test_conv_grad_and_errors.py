@@ -25,16 +25,47 @@ def test_gradcheck_float64(dataflow, k, s):
     )
 
 
+@pytest.mark.parametrize(
+    "case",
+    [dict(kernel_size=3, dilation=2), dict(kernel_size=2, stride=2, transposed=True),
+     dict(kernel_size=3, stride=2, transposed=True)],
+    ids=["dilated", "transposed k2s2", "transposed k3s2"],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "dataflow", ["torch", pytest.param("cpu_implicit_gemm", marks=needs_cpu_kernels)]
+)
+def test_gradcheck_dilated_and_transposed(case, dataflow):
+    """float64 gradcheck (the torch dataflow); the C kernels compute in float32, so their
+    gradients are compared with the float64 torch ones instead."""
+    coords = random_coords(25, extent=4, seed=9, stride=2 if case.get("transposed") else 1)
+    ts = 2 if case.get("transposed") else 1
+    ks = case["kernel_size"]
+    km = build_kernel_map(coords, tensor_stride=ts, **case)
+    x = torch.randn(len(coords), 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(ks**3, 3, 2, dtype=torch.float64, requires_grad=True)
+    if dataflow == "torch":
+        assert torch.autograd.gradcheck(
+            lambda a, b: SparseConvFunction.apply(a, b, km, DATAFLOWS["torch"]), (x, w)
+        )
+        return
+    dy = torch.randn(km.n_out, 2, dtype=torch.float64)
+    want = torch.autograd.grad(
+        (SparseConvFunction.apply(x, w, km, DATAFLOWS["torch"]) * dy).sum(), (x, w)
+    )
+    xf, wf = x.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    got = torch.autograd.grad(
+        (SparseConvFunction.apply(xf, wf, km, DATAFLOWS[dataflow]) * dy.float()).sum(), (xf, wf)
+    )
+    for g, r in zip(got, want):
+        assert ((g.double() - r).norm() / r.norm()) < 1e-5
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)])
 @pytest.mark.parametrize(
     "dataflow",
     ["torch", "triton_implicit_gemm", pytest.param("cpu_implicit_gemm", marks=needs_cpu_kernels)],
 )
 def test_half_precision_with_float32_accumulation(dtype, tol, dataflow):
-    if dtype == torch.float16 and dataflow == "torch":
-        pytest.skip(
-            "CPU torch has no fast fp16 GEMM path worth testing; bf16 covers the torch dataflow"
-        )
     if dtype == torch.bfloat16 and dataflow.startswith("triton") and not CUDA:
         pytest.skip("the Triton interpreter (numpy) has no bfloat16; runs on a GPU")
     device = TRITON_DEVICE if dataflow.startswith("triton") else "cpu"
@@ -68,13 +99,17 @@ def test_empty_tensor_and_empty_offsets():
         torch.testing.assert_close(y.feats.cpu(), one.feats @ w[13], rtol=1e-4, atol=1e-4)
 
 
-def test_implicit_gemm_is_deterministic():
-    coords = random_coords(300, extent=8, seed=4)
-    x = sc.SparseTensor(torch.randn(len(coords), 8), coords).to(TRITON_DEVICE)
-    w = torch.randn(27, 8, 8, device=TRITON_DEVICE)
-    a = conv3d(x, w, deterministic=True).feats
-    b = conv3d(x, w, deterministic=True).feats
-    assert torch.equal(a, b)
+@pytest.mark.parametrize(
+    "dataflow", ["triton_implicit_gemm", pytest.param("cpu_implicit_gemm", marks=needs_cpu_kernels)]
+)
+def test_implicit_gemm_is_deterministic(dataflow):
+    """Each implicit-GEMM dataflow named explicitly (auto picks the C one on CPU)."""
+    device = TRITON_DEVICE if dataflow.startswith("triton") else "cpu"
+    coords = random_coords(120 if device == "cpu" and not CUDA else 300, extent=8, seed=4)
+    x = sc.SparseTensor(torch.randn(len(coords), 8), coords).to(device)
+    w = torch.randn(27, 8, 8, device=device)
+    runs = [conv3d(x, w, dataflow=dataflow, deterministic=True).feats for _ in range(3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
     with pytest.raises(ValueError, match="atomics"):
         conv3d(x, w, dataflow="triton_gather_scatter", deterministic=True)
 

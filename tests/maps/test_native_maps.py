@@ -125,3 +125,12 @@ def test_implicit_gemm_inference_never_builds_the_pair_lists():
         sc.functional.conv3d(y, torch.randn(8, 8, 8), kernel_size=2, stride=2,
                              dataflow="cpu_implicit_gemm")  # fmt: skip
     assert x.cache.kmaps and all(not km.has_csr for km in x.cache.kmaps.values())
+
+
+def test_row_counts_beyond_int32_are_refused_before_allocating(monkeypatch):
+    from sparseconv.maps import build
+
+    coords = random_coords(50, extent=6, seed=1)
+    monkeypatch.setattr(build, "MAX_ROWS", 40)
+    with pytest.raises(ValueError, match=r"int32, so at most 40 rows; got \d+"):
+        build_kernel_map(coords, 3)

@@ -56,3 +56,35 @@ def test_minkunet_batch_equals_single_scans():
     both = net(sc.sparse_collate([a, b]))
     torch.testing.assert_close(both[: len(a)], net(a), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(both[len(a) :], net(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["minkunet", "spvcnn"])
+def test_outputs_are_translation_equivariant_and_follow_the_point_order(model):
+    """A value check beyond shapes: shifting the scan by a multiple of the deepest stride (16
+    voxels) leaves every output unchanged, and permuting the points permutes the outputs."""
+    g = torch.Generator().manual_seed(0)
+    vs = 0.25
+    pts = torch.randint(0, 512, (3000, 3), generator=g).float() / 64  # exact in float32
+    feats = torch.randn(3000, 4, generator=g)  # per point, independent of the position
+    torch.manual_seed(0)
+    net = (sc.models.SPVCNN if model == "spvcnn" else sc.models.MinkUNet)(4, 5, width=0.25)
+    for m in net.modules():  # non-trivial norms so that every layer shapes the output
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+
+    def run(points, point_feats):
+        x, p2v = sc.voxelize(points, vs, features=point_feats)
+        with torch.no_grad():
+            if model == "minkunet":
+                return sc.devoxelize(x.replace_feats(net(x)), p2v)
+            return net(x, torch.cat([torch.zeros(len(points), 1), points], 1), vs)
+
+    base = run(pts, feats)
+    assert base.shape == (3000, 5) and bool(torch.isfinite(base).all())
+    assert base.std(0).min() > 0  # not a constant output
+    shift = torch.tensor([16 * vs * 3, -16 * vs * 2, 16 * vs])
+    torch.testing.assert_close(run(pts + shift, feats), base, rtol=1e-4, atol=1e-5)
+    perm = torch.randperm(3000, generator=g)
+    torch.testing.assert_close(run(pts[perm], feats[perm]), base[perm], rtol=1e-4, atol=1e-5)

@@ -40,12 +40,23 @@ def test_module_conventions_state_dict_half_to():
 def test_norms_activations_and_dropout():
     x = _tensor(c=8)
     gn = snn.GroupNorm(2, 8)
+    torch.nn.init.normal_(gn.weight)
+    torch.nn.init.normal_(gn.bias)
     out = gn(x)
-    for b in (0, 1):
+    for b in (0, 1):  # each scan normalised on its own, exactly as torch's GroupNorm would
         rows = x.coords[:, 0] == b
-        g = out.feats.detach()[rows][:, :4]
-        assert abs(float(g.mean())) < 1e-5
-    assert (snn.ReLU()(x).feats >= 0).all()
+        ref = torch.nn.functional.group_norm(
+            x.feats[rows].t()[None], 2, gn.weight, gn.bias, gn.eps
+        )[0].t()
+        torch.testing.assert_close(out.feats[rows], ref)
+    torch.testing.assert_close(snn.ReLU()(x).feats, x.feats.clamp(min=0))
+    bn = snn.BatchNorm(8)
+    ref_bn = torch.nn.BatchNorm1d(8)
+    for mode in ("train", "eval"):  # batch statistics, then the running ones
+        getattr(bn, mode)()
+        getattr(ref_bn, mode)()
+        torch.testing.assert_close(bn(x).feats, ref_bn(x.feats))
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var)
     assert torch.equal(snn.Dropout(0.5).eval()(x).feats, x.feats)
     lr = snn.LeakyReLU(0.1)(x).feats
     torch.testing.assert_close(lr, torch.nn.functional.leaky_relu(x.feats, 0.1))
@@ -58,14 +69,26 @@ def test_pooling():
         torch.testing.assert_close(g[b], x.feats[x.coords[:, 0] == b].amax(0))
     a = snn.GlobalAvgPool()(x)
     torch.testing.assert_close(a[0], x.feats[x.coords[:, 0] == 0].mean(0))
+    for b in range(x.batch_size):
+        torch.testing.assert_close(a[b], x.feats[x.coords[:, 0] == b].mean(0))
     mp = snn.MaxPool3d(2, 2)(x)
+    ap = snn.AvgPool3d(2, 2)(x)
     assert mp.stride == (2, 2, 2)
     cell = torch.div(x.coords[:, 1:], 2, rounding_mode="floor") * 2
-    j = 0
-    sel = (x.coords[:, 0] == mp.coords[j, 0]) & (cell == mp.coords[j, 1:]).all(1)
-    torch.testing.assert_close(mp.feats[j], x.feats[sel].amax(0))
-    ap = snn.AvgPool3d(2, 2)(x)
-    torch.testing.assert_close(ap.feats[j], x.feats[sel].mean(0))
+    for j in range(len(mp)):  # every output cell: the max / mean of the inputs inside it
+        sel = (x.coords[:, 0] == mp.coords[j, 0]) & (cell == mp.coords[j, 1:]).all(1)
+        torch.testing.assert_close(mp.feats[j], x.feats[sel].amax(0))
+        torch.testing.assert_close(ap.feats[j], x.feats[sel].mean(0))
+
+
+def test_half_precision_layers():
+    x = _tensor(c=8)
+    net = snn.Sequential(snn.Conv3d(8, 8, 3), snn.BatchNorm(8), snn.ReLU(), snn.Conv3d(8, 4, 3))
+    net.eval()
+    ref = net(x).feats
+    half = net.to(torch.bfloat16)(x.to(torch.bfloat16)).feats
+    assert half.dtype == torch.bfloat16
+    assert ((half.float() - ref).norm() / ref.norm()) < 3e-2
 
 
 def test_weight_converters_round_trip():

@@ -53,11 +53,12 @@ def test_bench_conv_on_a_small_scan_checks_and_times_every_cpu_dataflow(tmp_path
     for r in rows:
         assert r["torch_fwd_ms"] > 0 and r["torch_fwdbwd_ms"] > 0
         assert r["torch_fwd_frac_of_gemm"] > 0
-        if "cpu_implicit_gemm_fwd_ms" in r:  # built wherever a C compiler is found
-            assert r["cpu_implicit_gemm_rel_err"] < 1e-5
+        assert r["cpu_implicit_gemm_rel_err"] < 1e-5  # the C kernels build on every CI machine
     assert "machine GEMM rate" in capsys.readouterr().out
 
 
-def test_unknown_command_exits_with_usage():
-    with pytest.raises(SystemExit):
+def test_unknown_command_exits_with_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["nonsense"])
+    assert exit_info.value.code == 2  # argparse's usage error
+    assert "invalid choice: 'nonsense'" in capsys.readouterr().err

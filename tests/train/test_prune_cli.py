@@ -3,12 +3,11 @@
 import json
 
 import pytest
-import torch
 
 import sparseconv as sc
 from sparseconv.cli import main
 from sparseconv.train import Trainer, load_config
-from sparseconv.train.pruning import PruneSpec, apply, parse_spec
+from sparseconv.train.pruning import PruneSpec, parse_spec
 
 TINY = ["dataset=semantickitti", "width=0.25", "voxel_size=0.5", "batch_size=1", "optimizer=adamw",
         "lr=0.01", "warmup_steps=1", "log_every=1", "device=cpu", "steps=3", "checkpoint_every=0"]  # fmt: skip
@@ -102,8 +101,6 @@ def test_variant_parsing_errors():
             parse_spec(bad)
     with pytest.raises(ValueError, match="method"):
         PruneSpec("magic")
-    assert callable(apply)
-    assert torch is not None
 
 
 def test_bench_prune_table_times_read_plainly_at_cpu_and_gpu_scale():

@@ -9,6 +9,7 @@ from sparseconv.utils import threads
 @pytest.fixture
 def two_cores(monkeypatch):
     monkeypatch.setattr(threads, "_cores", lambda: 2)
+    monkeypatch.setattr(threads, "_own_running", lambda: 1)
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
