@@ -140,12 +140,12 @@ def test_bad_input_is_a_clear_error(name, call, error, match, tmp_path):
 def test_a_refused_prune_leaves_the_model_untouched():
     net = sc.models.MinkUNet(width=0.125)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    for bad in (dict(ratio=1.5), dict(ratio=0.3, ignore=("stemm",))):
-        with pytest.raises(ValueError):
+    for bad, match in ((dict(ratio=1.5), "ratio"), (dict(ratio=0.3, ignore=("stemm",)), "stemm")):
+        with pytest.raises(ValueError, match=match):
             sc.prune.channel_prune(net, _x(), inplace=True, **bad)
     after = net.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="nope"):
         sc.prune.nm_prune(net, ignore=("nope",))
     assert not any(hasattr(m, "weight_mask") for m in net.modules())  # no mask half-applied

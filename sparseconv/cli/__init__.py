@@ -25,9 +25,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; errors propagate (for callers and tests). See :func:`console`."""
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
 
+# what a user's mistake raises (a bad argument, a missing or foreign file): one line, no trace
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, ImportError)
+
+
+def console(argv: list[str] | None = None) -> int:
+    """The ``sparseconv`` command: :func:`main`, with user errors printed as one line (exit 2)."""
+    try:
+        return main(argv)
+    except USER_ERRORS as err:
+        print(f"sparseconv: error: {err}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -2,6 +2,6 @@
 
 import sys
 
-from sparseconv.cli import main
+from sparseconv.cli import console
 
-sys.exit(main())
+sys.exit(console())

@@ -86,6 +86,20 @@ def _torch_flow(name: str, algorithm: str | None, unsupported=_runs_anywhere) ->
     )
 
 
+def _triton_flow(algorithm: str, forward: Kernel, backward_input: Kernel, deterministic: bool):
+    """Both Triton dataflows share the deterministic per-offset weight-gradient kernel."""
+    return Dataflow(
+        name=f"triton_{algorithm}",
+        backend="triton",
+        algorithm=algorithm,
+        forward=forward,
+        backward_input=backward_input,
+        backward_weight=dataflow_triton.backward_weight,
+        deterministic=deterministic,
+        unsupported=_triton_unsupported,
+    )
+
+
 DATAFLOWS: dict[str, Dataflow] = {
     flow.name: flow
     for flow in (
@@ -104,25 +118,17 @@ DATAFLOWS: dict[str, Dataflow] = {
             deterministic=True,
             unsupported=dataflow_cpu.unsupported,
         ),
-        Dataflow(
-            name="triton_gather_scatter",
-            backend="triton",
-            algorithm="gather_scatter",
-            forward=dataflow_triton.gs_forward,
-            backward_input=dataflow_triton.gs_backward_input,
-            backward_weight=dataflow_triton.backward_weight,
+        _triton_flow(
+            "gather_scatter",
+            dataflow_triton.gs_forward,
+            dataflow_triton.gs_backward_input,
             deterministic=False,
-            unsupported=_triton_unsupported,
         ),
-        Dataflow(
-            name="triton_implicit_gemm",
-            backend="triton",
-            algorithm="implicit_gemm",
-            forward=dataflow_triton.ig_forward,
-            backward_input=dataflow_triton.ig_backward_input,
-            backward_weight=dataflow_triton.backward_weight,
+        _triton_flow(
+            "implicit_gemm",
+            dataflow_triton.ig_forward,
+            dataflow_triton.ig_backward_input,
             deterministic=True,
-            unsupported=_triton_unsupported,
         ),
     )
 }

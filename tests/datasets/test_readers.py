@@ -154,7 +154,7 @@ def test_transforms_and_voxel_cap():
     assert len(s.coords) == 1000 and int(s.p2v.max()) == 999
     kept = s.p2v >= 0
     assert 0 < int(kept.sum()) < 5000
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="scale range must satisfy 0 < low <= high"):
         datasets.RandomScale(1.2, 1.0)
 
 

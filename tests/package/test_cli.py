@@ -62,3 +62,34 @@ def test_unknown_command_exits_with_usage(capsys):
         main(["nonsense"])
     assert exit_info.value.code == 2  # argparse's usage error
     assert "invalid choice: 'nonsense'" in capsys.readouterr().err
+
+
+def _cli(*args, cwd=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "sparseconv.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)  # fmt: skip
+
+
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
+    """A corrupt checkpoint, a run without checkpoints, --resume with none: a message, no trace."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    empty_run = tmp_path / "run"
+    (empty_run / "checkpoints").mkdir(parents=True)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"out: {tmp_path / 'fresh'}\n")
+    cases = [
+        (["eval", "--checkpoint", bad], "not a sparseconv checkpoint"),
+        (["eval", "--checkpoint", tmp_path / "none.pt"], "checkpoint not found"),
+        (["prune", "--run", empty_run], "no checkpoint in"),
+        (["train", "--config", config, "--resume"], "--resume: no checkpoint"),
+        (["train", "lerning_rate=0.1"], "unknown config key 'lerning_rate'"),
+        (["bench", "net", "--networks", "resnet"], "unknown networks"),
+    ]
+    for args, message in cases:
+        done = _cli(*args)
+        assert done.returncode != 0, args
+        assert message in done.stderr, (args, done.stderr[-500:])
+        assert "Traceback" not in done.stderr, (args, done.stderr[-800:])

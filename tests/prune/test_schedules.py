@@ -13,7 +13,7 @@ def test_cubic_schedule_shape():
     assert s[0] == s[1] == 0.0 and s[-1] == s[-2] == pytest.approx(0.8)
     steps = [b - a for a, b in zip(s[1:], s[2:-1])]
     assert all(d > 0 for d in steps) and steps == sorted(steps, reverse=True)  # fast, then slow
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"end \(5\) must be after begin \(10\)"):
         sc.prune.cubic_sparsity(0, 10, 5, 0.5)
 
 

@@ -34,7 +34,7 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(None, ["model=pointnet"])
     with pytest.raises(ValueError, match="key=value"):
         load_config(None, ["steps"])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
 
 
