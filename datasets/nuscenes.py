@@ -29,6 +29,7 @@ class NuScenesLidarSeg(ScanDataset):
         root: str | os.PathLike,
         version: str = "v1.0-trainval",
         voxel_size: float = 0.05,
+        require_labels: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(voxel_size, **kwargs)
@@ -40,6 +41,12 @@ class NuScenesLidarSeg(ScanDataset):
         if not self.files:
             raise FileNotFoundError(f"no .pcd.bin scans under {root / 'samples' / 'LIDAR_TOP'}")
         self.label_files = self._label_index(root, version)
+        if require_labels and not self.label_files:
+            # without it every point would be "ignore" and training would learn nothing
+            raise FileNotFoundError(
+                f"nuScenes lidarseg metadata not found under {root / version} "
+                "(lidarseg.json and sample_data.json); give the version folder that has them"
+            )
         self.lut = nuscenes_learning_map()
 
     @staticmethod

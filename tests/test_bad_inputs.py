@@ -97,6 +97,7 @@ CASES = [
     ("kitti root missing", lambda tmp: sc.datasets.SemanticKITTI(tmp / "none"), FileNotFoundError, "SemanticKITTI root not found"),
     ("nuscenes root missing", lambda tmp: sc.datasets.NuScenesLidarSeg(tmp / "none"), FileNotFoundError, "nuScenes root not found"),
     ("nuscenes no scans", lambda tmp: sc.datasets.NuScenesLidarSeg(tmp), FileNotFoundError, "no .pcd.bin scans"),
+    ("nuscenes no metadata", lambda tmp: sc.datasets.NuScenesLidarSeg(_nuscenes_scan(tmp), require_labels=True), FileNotFoundError, "lidarseg metadata not found"),
     ("folder missing", lambda tmp: sc.datasets.PointCloudFolder(tmp / "none"), FileNotFoundError, "point cloud folder not found"),
     ("folder empty", lambda tmp: sc.datasets.PointCloudFolder(tmp), FileNotFoundError, r"no \.ply or \.pcd files"),
     ("scan truncated", lambda tmp: sc.datasets.io.read_bin_scan(_truncated(tmp)), ValueError, "truncated.bin"),
@@ -110,6 +111,13 @@ def sc_checkpoint_load(path):
     from sparseconv.train.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
+
+
+def _nuscenes_scan(tmp: Path) -> Path:
+    lidar = tmp / "samples" / "LIDAR_TOP"
+    lidar.mkdir(parents=True)
+    (lidar / "scan.pcd.bin").write_bytes(b"\0" * 20 * 4)
+    return tmp
 
 
 def _truncated(tmp: Path) -> Path:

@@ -76,9 +76,10 @@ def build_datasets(
         val = datasets.SemanticKITTI(root, cfg.val_split, **common)
     else:
         train = datasets.NuScenesLidarSeg(
-            root, transforms=aug, max_voxels=cfg.max_voxels, seed=cfg.seed, **common
-        )
-        val = datasets.NuScenesLidarSeg(root, **common)
+            root, transforms=aug, max_voxels=cfg.max_voxels, seed=cfg.seed,
+            require_labels=True, **common,
+        )  # fmt: skip
+        val = datasets.NuScenesLidarSeg(root, require_labels=True, **common)
     return train, val
 
 

@@ -86,9 +86,13 @@ def test_half_precision_layers():
     net = snn.Sequential(snn.Conv3d(8, 8, 3), snn.BatchNorm(8), snn.ReLU(), snn.Conv3d(8, 4, 3))
     net.eval()
     ref = net(x).feats
-    half = net.to(torch.bfloat16)(x.to(torch.bfloat16)).feats
-    assert half.dtype == torch.bfloat16
-    assert ((half.float() - ref).norm() / ref.norm()) < 3e-2
+    for dtype, tol in ((torch.float16, 5e-3), (torch.bfloat16, 3e-2)):
+        low = net.to(dtype)(x.to(dtype)).feats
+        assert low.dtype == dtype
+        assert ((low.float() - ref).norm() / ref.norm()) < tol
+        net.float()
+    half = snn.Conv3d(8, 4, 3).half()  # .half() as a user writes it
+    assert half.weight.dtype == torch.float16 and half(x.half()).feats.dtype == torch.float16
 
 
 def test_weight_converters_round_trip():
