@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from sparseconv import nn as snn
@@ -42,7 +43,11 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         y = self.main(x)
-        return self.relu(y.replace_feats(y.feats + self.shortcut(x).feats))
+        skip = self.shortcut(x).feats
+        if torch.is_grad_enabled():
+            return self.relu(y.replace_feats(y.feats + skip))
+        # inference: y is main's fresh output, held by no one else; add into it
+        return self.relu(y.replace_feats(y.feats.add_(skip)))
 
 
 def residual_stage(c_in: int, c_out: int, n_blocks: int) -> list[nn.Module]:
