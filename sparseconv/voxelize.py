@@ -7,7 +7,7 @@ import warnings
 import torch
 
 from sparseconv.maps import keys as coord_keys
-from sparseconv.maps.hashtable import HashTable
+from sparseconv.maps import tables
 from sparseconv.tensor import SparseTensor
 
 REDUCTIONS = ("mean", "first")
@@ -150,7 +150,7 @@ def _trilinear(x: SparseTensor, points: torch.Tensor, voxel_size) -> torch.Tenso
     pos = xyz / (vs * stride) - 0.5
     base = torch.floor(pos)
     frac = pos - base
-    table = HashTable.build(coord_keys.pack(x.coords))
+    table = tables.Lookup(coord_keys.pack(x.coords))
     out = x.feats.new_zeros((points.shape[0], x.feats.shape[1]))
     wsum = torch.zeros(points.shape[0], dtype=x.feats.dtype, device=points.device)
     for corner in range(8):
@@ -159,14 +159,13 @@ def _trilinear(x: SparseTensor, points: torch.Tensor, voxel_size) -> torch.Tenso
         )
         cell = (base + bits).long() * stride.long()
         w = torch.prod(torch.where(bits.bool(), frac, 1 - frac), dim=1).to(x.feats.dtype)
-        coords = torch.cat([b[:, None], cell], dim=1)
         inside = (cell.abs() <= coord_keys.COORD_MAX).all(dim=1) & torch.isfinite(xyz).all(dim=1)
-        idx = torch.full_like(b, -1)
-        if bool(inside.any()):
-            idx[inside] = table.query(coord_keys.pack(coords[inside].int())).long()
-        hit = idx >= 0
-        out[hit] += w[hit, None] * x.feats[idx[hit]]
-        wsum[hit] += w[hit]
+        # dense gathers, no boolean-mask indexing: absent or out-of-range corners weigh 0
+        cell = cell.clamp(coord_keys.COORD_MIN, coord_keys.COORD_MAX)
+        idx = table(coord_keys.pack(torch.cat([b[:, None], cell], dim=1).int())).long()
+        w = torch.where(inside & (idx >= 0), w, torch.zeros_like(w))
+        out.addcmul_(x.feats.index_select(0, idx.clamp(min=0)), w[:, None])
+        wsum += w
     return out / wsum.clamp(min=1e-12)[:, None]
 
 
@@ -183,8 +182,12 @@ def points_to_voxels(
     stride = torch.tensor(x.stride, dtype=torch.long, device=points.device)
     cell = torch.div(torch.floor(points[:, 1:] / vs).long(), stride, rounding_mode="floor") * stride
     coords = torch.cat([points[:, :1].long(), cell], 1).int()
-    table = x.cache.table(x.stride, x.coords, coord_keys.pack(x.coords))
-    idx = table.query(coord_keys.pack(coords)).long()
+    keys = coord_keys.pack(x.coords)
+    if tables.native(x.coords.device):
+        lookup = tables.Lookup(keys)
+    else:  # the cached torch / Triton table of this stride
+        lookup = x.cache.table(x.stride, x.coords, keys).query
+    idx = lookup(coord_keys.pack(coords)).long()
     hit = idx >= 0
     acc = point_feats.new_zeros((len(x), point_feats.shape[1]))
     acc.index_add_(0, idx[hit], point_feats[hit])
