@@ -25,6 +25,12 @@ from pathlib import Path
 SOURCES = sorted(Path(__file__).with_name("cpu").glob("*.c"))
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
 
+
+def _flags() -> list[str]:
+    """FLAGS plus ``$SPARSECONV_CFLAGS`` (e.g. ``-mno-avx512f`` to build the AVX2 kernels)."""
+    return [*FLAGS, *os.environ.get("SPARSECONV_CFLAGS", "").split()]
+
+
 _I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 # argument types of every exported function (all return an int status)
 SIGNATURES = {
@@ -78,7 +84,7 @@ def _trusted(folder: Path) -> bool:
 
 
 def _library_name(cc: str) -> str:
-    digest = hashlib.sha256(" ".join([cc, *FLAGS, _cpu_fingerprint()]).encode())
+    digest = hashlib.sha256(" ".join([cc, *_flags(), _cpu_fingerprint()]).encode())
     for source in SOURCES:
         digest.update(source.name.encode() + source.read_bytes())
     return f"sparseconv_cpu_{digest.hexdigest()[:16]}.so"
@@ -88,7 +94,7 @@ def _compile(cc: str, lib_path: Path) -> None:
     with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
         out = Path(tmp) / lib_path.name
         done = subprocess.run(
-            [cc, *FLAGS, *map(str, SOURCES), "-o", str(out)], capture_output=True, text=True
+            [cc, *_flags(), *map(str, SOURCES), "-o", str(out)], capture_output=True, text=True
         )
         if done.returncode != 0:
             names = ", ".join(s.name for s in SOURCES)

@@ -66,6 +66,13 @@ rows_times_panel(const int R, const float *const *src, const float *w, int64_t c
 }
 
 /* a compile-time row count for every tail (R <= MR), so the accumulators stay in registers */
+#define CASES_UP_TO_6(F, ...)                                                                     \
+    case 6: F(6, __VA_ARGS__); break;                                                             \
+    case 5: F(5, __VA_ARGS__); break;                                                             \
+    case 4: F(4, __VA_ARGS__); break;                                                             \
+    case 3: F(3, __VA_ARGS__); break;                                                             \
+    case 2: F(2, __VA_ARGS__); break;                                                             \
+    default: F(1, __VA_ARGS__); break;
 #if MR == 12
 #define ROW_CASES(F, ...)                                                                         \
     switch (R) {                                                                                  \
@@ -75,23 +82,11 @@ rows_times_panel(const int R, const float *const *src, const float *w, int64_t c
     case 9: F(9, __VA_ARGS__); break;                                                             \
     case 8: F(8, __VA_ARGS__); break;                                                             \
     case 7: F(7, __VA_ARGS__); break;                                                             \
-    case 6: F(6, __VA_ARGS__); break;                                                             \
-    case 5: F(5, __VA_ARGS__); break;                                                             \
-    case 4: F(4, __VA_ARGS__); break;                                                             \
-    case 3: F(3, __VA_ARGS__); break;                                                             \
-    case 2: F(2, __VA_ARGS__); break;                                                             \
-    default: F(1, __VA_ARGS__); break;                                                            \
+        CASES_UP_TO_6(F, __VA_ARGS__)                                                             \
     }
 #else
 #define ROW_CASES(F, ...)                                                                         \
-    switch (R) {                                                                                  \
-    case 6: F(6, __VA_ARGS__); break;                                                             \
-    case 5: F(5, __VA_ARGS__); break;                                                             \
-    case 4: F(4, __VA_ARGS__); break;                                                             \
-    case 3: F(3, __VA_ARGS__); break;                                                             \
-    case 2: F(2, __VA_ARGS__); break;                                                             \
-    default: F(1, __VA_ARGS__); break;                                                            \
-    }
+    switch (R) { CASES_UP_TO_6(F, __VA_ARGS__) }
 #endif
 
 static void rows_times_panel_any(int R, const float *const *src, const float *w, int64_t cin,

@@ -102,3 +102,35 @@ def test_two_processes_building_at_once_both_succeed(tmp_path):
         assert p.returncode == 0, err
         assert out.strip() == "18.0"  # the 3 voxels are mutual neighbours: 3 x 3 x 2 channels
     assert len(list(Path(tmp_path / "cache" / "cpu_kernels").glob("*.so"))) == 1
+
+
+def test_the_avx2_register_kernels_agree_too(tmp_path):
+    """-march=native picks the AVX-512 kernels where the CPU has them; the 6 x 16 AVX2 branch
+    (what CPUs without AVX-512 run) is built here with -mno-avx512f and checked the same way."""
+    code = textwrap.dedent(
+        """
+        import torch, sparseconv as sc
+        from sparseconv.kernels import cpu_library
+        from sparseconv.functional import dataflow_torch
+        from sparseconv.functional.dataflows import DATAFLOWS
+        assert cpu_library.lib().sc_max_panel() == 16
+        g = torch.Generator().manual_seed(0)
+        coords = torch.unique(torch.randint(0, 12, (600, 3), generator=g), dim=0)
+        coords = torch.cat([torch.zeros(len(coords), 1, dtype=torch.long), coords], 1).int()
+        km = sc.maps.build_kernel_map(coords, 3)
+        flow = DATAFLOWS["cpu_implicit_gemm"]
+        for cin, cout in ((5, 7), (16, 32), (64, 64)):
+            x, w = torch.randn(len(coords), cin), torch.randn(27, cin, cout)
+            dy = torch.randn(len(coords), cout)
+            pairs = [(flow.forward(x, w, km), dataflow_torch.forward(x, w, km)),
+                     (flow.backward_input(dy, w, km), dataflow_torch.backward_input(dy, w, km)),
+                     (flow.backward_weight(x, dy, km), dataflow_torch.backward_weight(x, dy, km))]
+            for got, want in pairs:
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        print("ok")
+        """
+    )
+    env = {**os.environ, "SPARSECONV_CACHE": str(tmp_path), "SPARSECONV_CFLAGS": "-mno-avx512f"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd="/", timeout=300)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
