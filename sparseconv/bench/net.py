@@ -183,7 +183,9 @@ def _compiled(cell: Contenders) -> tuple[Callable | None, str]:
             with torch.no_grad():
                 return _call(compiled, cell.scan, x, cell.point_based)
 
-        run(cell.fresh_input())
+        cell.compiled_error = _max_rel_error(
+            run(cell.fresh_input()), cell.infer(cell.fresh_input())
+        )
         return run, ""
     except Exception as err:  # noqa: BLE001  (reported, not hidden: the row says why)
         return None, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
@@ -211,6 +213,8 @@ def measure_cell(
         compiled, reason = _compiled(cell)
         if reason:
             row["compile_error"] = reason
+        else:
+            row["compiled_max_rel_err_vs_eager"] = cell.compiled_error
     times = interleaved(_contenders(cell, threads, compiled), rounds=rounds, device=device)
     row.update({f"{k}_ms": median(v) * 1e3 for k, v in times.items()})
     for k in times:
