@@ -93,3 +93,21 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
         assert done.returncode != 0, args
         assert message in done.stderr, (args, done.stderr[-500:])
         assert "Traceback" not in done.stderr, (args, done.stderr[-800:])
+
+
+def test_bench_net_small_run_checks_the_twin_and_writes_table_json_and_chart(tmp_path, capsys):
+    out, png = tmp_path / "net.json", tmp_path / "net.png"
+    args = ["bench", "net", "--networks", "minkunet-w0.5", "--sizes", "3000", "--data",
+            str(tmp_path / "no-real-scans"), "--rounds", "1", "--threads", "1", "2"]  # fmt: skip
+    assert main([*args, "--json", str(out), "--png", str(png)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["network"] == "minkunet-w0.5" and row["voxels"] == 3000
+    for key in ("e2e_1t_ms", "e2e_2t_ms", "cached_2t_ms", "train_1t_ms", "e2e_maps_ms",
+                "e2e_conv_ms", "e2e_other_ms"):  # fmt: skip
+        assert row[key] > 0, key
+    assert row["max_rel_err_vs_spconv"] < 1e-5  # the spconv twin computes the same network
+    assert row["e2e_2t_vs_spconv"] > 0
+    assert png.stat().st_size > 10_000
+    assert "e2e_2t_ms" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown networks"):
+        main(["bench", "net", "--networks", "resnet"])
