@@ -37,9 +37,9 @@ def _check(rc: int, what: str) -> None:
         raise IndexError(f"{what}: the kernel map names a row outside the feature matrix")
 
 
-def _panel_width(cout: int) -> int:
+def _panel_width(cout: int, panel: int = PANEL) -> int:
     """``cout`` rounded up to whole register panels (the row stride of padded weights)."""
-    return -(-cout // PANEL) * PANEL
+    return -(-cout // panel) * panel
 
 
 def _panel(cout: int) -> int:
@@ -55,7 +55,7 @@ def _panel_major_weight(weight: torch.Tensor, panel: int) -> torch.Tensor:
     contiguous block (sequential reads the prefetcher follows, instead of a short read every
     ``Cout`` floats)."""
     k, cin, cout = weight.shape
-    ldw = -(-cout // panel) * panel
+    ldw = _panel_width(cout, panel)
     padded = weight.new_zeros((k, cin, ldw))
     padded[:, :, :cout] = weight
     return padded.view(k, cin, ldw // panel, panel).transpose(1, 2).contiguous()
@@ -88,7 +88,7 @@ def implicit_gemm(src: torch.Tensor, weight: torch.Tensor, nbmap: torch.Tensor) 
     dst = src.new_empty((n_dst, cout))
     if n_dst == 0:
         return dst
-    ldw = -(-cout // panel) * panel
+    ldw = _panel_width(cout, panel)
     tile = max(16, min(TILE_MAX, TILE_FLOATS // ldw))
     rc = cpu_library.lib().sc_implicit_gemm(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), ldw, cout, nbmap.data_ptr(),

@@ -95,9 +95,7 @@ def _batch_index(batch: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(
             f"batch must be a tensor of shape [{n}], got {getattr(batch, 'shape', batch)}"
         )
-    if batch.numel() and (
-        bool((batch != batch.round()).any()) if batch.is_floating_point() else False
-    ):
+    if batch.is_floating_point() and bool((batch != batch.round()).any()):
         raise ValueError("batch index must hold whole numbers (points[:, 0] or batch)")
     b = batch.long()
     if b.numel() and (int(b.min()) < 0 or int(b.max()) > coord_keys.BATCH_MAX):
@@ -141,6 +139,15 @@ def devoxelize(
     return _trilinear(x, points, voxel_size)
 
 
+def _lookup(x: SparseTensor):
+    """Query function ``keys -> row of x`` (-1 where absent): the C hash table on CPU, else the
+    cached torch / Triton table of ``x``'s stride."""
+    keys = coord_keys.pack(x.coords)
+    if tables.native(x.coords.device):
+        return tables.Lookup(keys)
+    return x.cache.table(x.stride, x.coords, keys).query
+
+
 def _trilinear(x: SparseTensor, points: torch.Tensor, voxel_size) -> torch.Tensor:
     vs = torch.as_tensor(voxel_size, dtype=points.dtype, device=points.device).flatten()
     stride = torch.tensor(x.stride, dtype=points.dtype, device=points.device)
@@ -150,7 +157,7 @@ def _trilinear(x: SparseTensor, points: torch.Tensor, voxel_size) -> torch.Tenso
     pos = xyz / (vs * stride) - 0.5
     base = torch.floor(pos)
     frac = pos - base
-    table = tables.Lookup(coord_keys.pack(x.coords))
+    table = _lookup(x)
     out = x.feats.new_zeros((points.shape[0], x.feats.shape[1]))
     wsum = torch.zeros(points.shape[0], dtype=x.feats.dtype, device=points.device)
     for corner in range(8):
@@ -182,12 +189,7 @@ def points_to_voxels(
     stride = torch.tensor(x.stride, dtype=torch.long, device=points.device)
     cell = torch.div(torch.floor(points[:, 1:] / vs).long(), stride, rounding_mode="floor") * stride
     coords = torch.cat([points[:, :1].long(), cell], 1).int()
-    keys = coord_keys.pack(x.coords)
-    if tables.native(x.coords.device):
-        lookup = tables.Lookup(keys)
-    else:  # the cached torch / Triton table of this stride
-        lookup = x.cache.table(x.stride, x.coords, keys).query
-    idx = lookup(coord_keys.pack(coords)).long()
+    idx = _lookup(x)(coord_keys.pack(coords)).long()
     hit = idx >= 0
     acc = point_feats.new_zeros((len(x), point_feats.shape[1]))
     acc.index_add_(0, idx[hit], point_feats[hit])

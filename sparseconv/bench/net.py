@@ -125,8 +125,9 @@ class Contenders:
         twin = SpconvMinkUNet(self.net, native_algo=self.device == "cpu").to(self.device, dtype)
         twin.eval()
         self.twin_input = lambda: twin_input(self.scan.coords, self.scan.feats)
-        self.twin_train = copy.deepcopy(twin).train()
-        self.twin_optimizer = torch.optim.AdamW(self.twin_train.parameters(), lr=1e-4)
+        if self.device != "cpu":  # spconv's CPU build cannot run backward: no training twin
+            self.twin_train = copy.deepcopy(twin).train()
+            self.twin_optimizer = torch.optim.AdamW(self.twin_train.parameters(), lr=1e-4)
         return twin
 
     def twin_infer(self) -> torch.Tensor:
@@ -160,7 +161,7 @@ def _on_cpu(threads: int | None, fn: Callable[[], object]) -> Callable[[], objec
 def _contenders(cell: Contenders, threads: tuple[int | None, ...], compiled) -> dict:
     timed: dict[str, Callable[[], object]] = {}
     for t in threads:
-        tag = f"{t}t" if t else "gpu"
+        tag = _tag(t)
         timed[f"e2e_{tag}"] = _on_cpu(t, lambda: cell.infer(cell.fresh_input()))
         timed[f"cached_{tag}"] = _on_cpu(t, lambda: cell.infer(cell.cached_input))
         timed[f"train_{tag}"] = _on_cpu(t, cell.train_step)

@@ -11,6 +11,7 @@ from sparseconv.cli import data as data_cmd
 from sparseconv.cli import demo as demo_cmd
 from sparseconv.cli import prune as prune_cmd
 from sparseconv.cli import train as train_cmd
+from sparseconv.train.checkpoint import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args) or 0)
 
 
-# what a user's mistake raises (a bad argument, a missing or foreign file): one line, no trace
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, ImportError)
+# what a user's mistake raises (a bad argument, a missing or foreign file, a missing extra): one
+# line, no trace; any other error is a fault and keeps its traceback
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError, ImportError)
 
 
 def console(argv: list[str] | None = None) -> int:

@@ -84,12 +84,13 @@ def _forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap:
     shifts = scaled_offsets(offsets, d, ts).to(coords.device)
     in_keys = coord_keys.pack(coords)
     symmetric = s == (1, 1, 1) and all(k % 2 == 1 for k in _kernel_dims(offsets))
-    if symmetric or s == (1, 1, 1):
+    if s == (1, 1, 1):
         out_coords = coords
     else:
         ts_out = tuple(a * b for a, b in zip(ts, s))
         if mode == "minkowski" and tables.native(coords.device) and tables.is_sorted(in_keys):
-            return _native_downsample(in_keys, coords, ts, ts_out, s, d, offsets, method, cache)
+            return _native_downsample(in_keys, coords, ts, ts_out, s, d, shifts, offsets, method,
+                                      cache)  # fmt: skip
         if mode == "minkowski":
             out_coords = output_coords.strided_minkowski(coords, ts_out)
         else:
@@ -123,7 +124,9 @@ def _device_forward(coords, s, d, ts, offsets, method, mode, cache) -> KernelMap
                                   method)  # fmt: skip
 
 
-def _native_downsample(in_keys, coords, ts, ts_out, s, d, offsets, method, cache) -> KernelMap:
+def _native_downsample(
+    in_keys, coords, ts, ts_out, s, d, shifts, offsets, method, cache
+) -> KernelMap:
     """Minkowski strided map by the C mapper: outputs and each input's cell in one pass; a
     kernel equal to the stride needs no search (every input lies in one cell)."""
     out_keys, out_row, floored = cpu_kernel_map.downsample(in_keys, ts_out)
@@ -134,7 +137,6 @@ def _native_downsample(in_keys, coords, ts, ts_out, s, d, offsets, method, cache
     if ks == s and d == (1, 1, 1):
         nbmap = cpu_kernel_map.scatter_cells(in_keys, floored, out_row, len(out_keys), ks, ts)
         return KernelMap.from_nbmap(nbmap, out_coords, coords.shape[0], offsets)
-    shifts = scaled_offsets(offsets, d, ts)
     return _native_map(in_keys, coords, out_coords, shifts, offsets, method, False, out_keys)
 
 

@@ -94,21 +94,13 @@ def _sorted(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 class Lookup:
-    """Row of each query key among ``keys`` (-1 where absent): the C hash table on CPU, the
-    torch/Triton one elsewhere. SPVCNN's point-voxel steps ask this for every point and corner."""
+    """Row of each query key among ``keys`` (-1 where absent) through the C hash table (CPU;
+    elsewhere ``MapCache.table`` serves). SPVCNN's point-voxel steps ask it for every point."""
 
     def __init__(self, keys: torch.Tensor) -> None:
-        self.native = native(keys.device)
-        if self.native:
-            self.table = cpu_kernel_map.hash_table(keys.contiguous())
-        else:
-            from sparseconv.maps.hashtable import HashTable
-
-            self.table = HashTable.build(keys, check_duplicates=False)
+        self.table = cpu_kernel_map.hash_table(keys.contiguous())
 
     def __call__(self, queries: torch.Tensor) -> torch.Tensor:
-        if not self.native:
-            return self.table.query(queries)
         out = torch.empty((queries.numel(), 1), dtype=torch.int32)
         zero = torch.zeros(1, dtype=torch.int64)
         cpu_kernel_map.search_hash(self.table, queries.contiguous(), zero, out)
