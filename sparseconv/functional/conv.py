@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -10,7 +11,7 @@ from sparseconv.functional import semi_structured
 from sparseconv.functional.dataflows import Dataflow, resolve
 from sparseconv.maps.build import build_kernel_map
 from sparseconv.maps.kernel_map import KernelMap
-from sparseconv.maps.offsets import as_triple
+from sparseconv.maps.offsets import as_triple, output_shape
 from sparseconv.tensor import SparseTensor
 
 
@@ -48,6 +49,10 @@ def conv3d(
     downsample_mode: str = "minkowski",
     method: str = "auto",
     deterministic: bool = False,
+    padding: int | tuple[int, int, int] = 0,
+    spatial_shape: tuple[int, int, int] | None = None,
+    output_padding: int | tuple[int, int, int] = 0,
+    submanifold: bool = True,
 ) -> SparseTensor:
     """Sparse 3-D convolution of ``x`` with ``weight`` ``[K, Cin, Cout]``.
 
@@ -58,9 +63,16 @@ def conv3d(
     :data:`~sparseconv.functional.dataflows.DATAFLOWS` (``"torch"``, ``"cpu_implicit_gemm"``:
     fused C kernels on CPU computing in float32, ``"triton_implicit_gemm"``, ...);
     ``deterministic=True`` forbids atomics.
+
+    ``padding`` and ``spatial_shape`` give spconv's geometry: output ``o`` reads input
+    ``o * stride - padding + delta * dilation``, and outputs outside the output grid (the size
+    torch's and spconv's formulas give for an input grid of ``spatial_shape``, in units of
+    ``x.stride``; ``output_padding`` for a transposed conv) are dropped. ``submanifold=False``
+    makes a stride-1 conv a regular one that generates outputs (spconv's ``SparseConv3d``).
     """
+    geometry = _Geometry(padding, spatial_shape, output_padding, submanifold)
     kmap = _kernel_map(x, weight, bias, kernel_size, stride, dilation, transposed, downsample_mode,
-                       method)  # fmt: skip
+                       method, geometry)  # fmt: skip
     flow = resolve(dataflow, x.feats, weight, kmap, deterministic)
     feats = SparseConvFunction.apply(x.feats.contiguous(), weight, kmap, flow)
     return _output(x, feats, bias, kmap, stride, transposed)
@@ -77,25 +89,75 @@ def semi_structured_conv3d(
     transposed: bool = False,
     downsample_mode: str = "minkowski",
     method: str = "auto",
+    padding: int | tuple[int, int, int] = 0,
+    spatial_shape: tuple[int, int, int] | None = None,
+    submanifold: bool = True,
 ) -> SparseTensor:
     """Inference-only :func:`conv3d` whose GEMMs take ``packed``, the per-offset compressed
     2:4 form of ``weight`` (:func:`sparseconv.functional.semi_structured.pack`); no autograd."""
     kmap = _kernel_map(x, weight, bias, kernel_size, stride, dilation, transposed, downsample_mode,
-                       method)  # fmt: skip
+                       method, _Geometry(padding, spatial_shape, 0, submanifold))  # fmt: skip
     if len(packed) != kmap.kernel_volume:
         raise ValueError(f"packed has {len(packed)} offsets, the kernel {kmap.kernel_volume}")
     feats = semi_structured.forward(x.feats.contiguous(), packed, kmap)
     return _output(x, feats, bias, kmap, stride, transposed)
 
 
-def _kernel_map(x, weight, bias, kernel_size, stride, dilation, transposed, mode, method):
+class _Geometry(NamedTuple):
+    """spconv's grid arguments of a conv (all zero / None: unbounded, no padding)."""
+
+    padding: int | tuple[int, int, int] = 0
+    spatial_shape: tuple[int, int, int] | None = None
+    output_padding: int | tuple[int, int, int] = 0
+    submanifold: bool = True
+
+    def bounds(self, ks, stride, dilation, transposed: bool):
+        """The output grid in units of the output stride, or None when unbounded."""
+        pad = as_triple(self.padding, "padding", minimum=0)
+        out_pad = as_triple(self.output_padding, "output_padding", minimum=0)
+        if out_pad != (0, 0, 0) and not transposed:
+            raise ValueError("output_padding applies to transposed convs only")
+        if self.spatial_shape is None:
+            return None
+        shape = as_triple(tuple(self.spatial_shape), "spatial_shape")
+        s, d = as_triple(stride, "stride"), as_triple(dilation, "dilation")
+        if s == (1, 1, 1) and not transposed and self.submanifold:
+            return None  # submanifold: outputs are the inputs
+        return output_shape(shape, ks, s, pad, d, transposed, out_pad)
+
+
+def _kernel_map(
+    x, weight, bias, kernel_size, stride, dilation, transposed, mode, method,
+    geometry: _Geometry,
+):  # fmt: skip
     if not isinstance(x, SparseTensor):
         raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
     ks = as_triple(kernel_size, "kernel_size")
     _check_weight(x, weight, bias, math.prod(ks))
+    return conv_kernel_map(x, ks, stride, dilation, transposed, mode, method, *geometry)
+
+
+def conv_kernel_map(
+    x: SparseTensor,
+    kernel_size: int | tuple[int, int, int] = 3,
+    stride: int | tuple[int, int, int] = 1,
+    dilation: int | tuple[int, int, int] = 1,
+    transposed: bool = False,
+    downsample_mode: str = "minkowski",
+    method: str = "auto",
+    padding: int | tuple[int, int, int] = 0,
+    spatial_shape: tuple[int, int, int] | None = None,
+    output_padding: int | tuple[int, int, int] = 0,
+    submanifold: bool = True,
+) -> KernelMap:
+    """The kernel map :func:`conv3d` uses for these arguments (from / into ``x.cache``)."""
+    ks = as_triple(kernel_size, "kernel_size")
+    geometry = _Geometry(padding, spatial_shape, output_padding, submanifold)
     return build_kernel_map(
-        x.coords, ks, stride, dilation, method=method, downsample_mode=mode,
+        x.coords, ks, stride, dilation, method=method, downsample_mode=downsample_mode,
         tensor_stride=x.stride, transposed=transposed, cache=x.cache, check=False,
+        padding=padding, output_bounds=geometry.bounds(ks, stride, dilation, transposed),
+        submanifold=submanifold,
     )  # fmt: skip
 
 

@@ -4,7 +4,7 @@ Every ``SparseTensor`` derived from the same input (by a conv, a norm, an activa
 ``MapCache``, so each distinct map is built once per forward pass: all submanifold layers at a
 stride reuse one map, and a transposed conv finds the map of the strided conv that it inverts and
 the coordinates it must return to. Keys are ``(tensor_stride, kernel_size, stride, dilation,
-transposed, downsample_mode)``; the mapper (hash or merge-sort) is not part of the key because both
+transposed, downsample_mode, padding, output_bounds, submanifold)``; the mapper (hash or merge-sort) is not part of the key because both
 produce identical maps.
 """
 
@@ -18,7 +18,7 @@ from sparseconv.maps.hashtable import HashTable
 from sparseconv.maps.kernel_map import KernelMap
 from sparseconv.maps.offsets import Triple
 
-MapKey = tuple[Triple, Triple, Triple, Triple, bool, str]
+MapKey = tuple[Triple, Triple, Triple, Triple, bool, str, Triple, "Triple | None", bool]
 
 
 @dataclass
@@ -26,6 +26,23 @@ class MapCache:
     coords: dict[Triple, torch.Tensor] = field(default_factory=dict)
     tables: dict[Triple, HashTable] = field(default_factory=dict)
     kmaps: dict[MapKey, KernelMap] = field(default_factory=dict)
+    # which rule produced each stride's coordinates: a strided conv reuses them only by the same rule
+    rules: dict[Triple, tuple] = field(default_factory=dict)
+
+    def register(self, tensor_stride: Triple, coords: torch.Tensor, rule: tuple) -> torch.Tensor:
+        """The coordinate set to use at ``tensor_stride`` for outputs ``coords`` made by ``rule``.
+
+        The first set at a stride is kept, so later layers there find their maps; a set made by
+        the same rule from the same inputs is equal, so the cached one is shared; a set made by
+        another rule (spconv's padding, other bounds) stays outside the cache.
+        """
+        if tensor_stride not in self.coords:
+            self.coords[tensor_stride] = coords
+            self.rules[tensor_stride] = rule
+            return coords
+        if self.rules.get(tensor_stride) == rule:
+            return self.coords[tensor_stride]
+        return coords
 
     def table(self, tensor_stride: Triple, coords: torch.Tensor, keys: torch.Tensor) -> HashTable:
         """Hash table of the coordinates at ``tensor_stride`` (built on first use)."""

@@ -5,6 +5,10 @@ weight's first axis). For a stride-1 (submanifold) conv each axis runs ``-(k-1)/
 (centred, as TorchSparse and MinkowskiEngine do for odd k); for a strided or transposed conv each
 axis runs ``0 .. k-1``, so that an output at ``o`` reads inputs at ``o + delta * dilation`` — the
 dense ``conv3d`` with zero padding, which is also what spconv computes with ``padding=0``.
+
+``padding`` (strided and transposed convs only) shifts every offset by ``-padding`` in the input
+grid's units: an output at ``o`` (output-grid index) reads ``o * stride - padding + delta *
+dilation``, spconv's rule. :func:`output_shape` is the grid size that goes with it.
 """
 
 from __future__ import annotations
@@ -41,17 +45,57 @@ def kernel_offsets(kernel_size: Triple, centred: bool) -> list[Triple]:
     return [tuple(o) for o in itertools.product(*ranges)]  # type: ignore[misc]
 
 
-def scaled_offsets(offsets: list[Triple], dilation: Triple, tensor_stride: Triple) -> torch.Tensor:
-    """``[K, 3]`` int64 offsets in voxel units of the input grid (offset x dilation x stride)."""
-    scale = torch.tensor([d * s for d, s in zip(dilation, tensor_stride)], dtype=torch.int64)
+def scaled_offsets(
+    offsets: list[Triple],
+    dilation: Triple,
+    tensor_stride: Triple,
+    padding: Triple = (0, 0, 0),
+) -> torch.Tensor:
+    """``[K, 3]`` int64 offsets in voxel units of the input grid
+    (``(offset x dilation - padding) x stride``)."""
     if not offsets:
         return torch.zeros((0, 3), dtype=torch.int64)
-    return torch.tensor(offsets, dtype=torch.int64) * scale
+    return torch.tensor(scaled_offset_list(offsets, dilation, tensor_stride, padding))
 
 
 def scaled_offset_list(
-    offsets: list[Triple], dilation: Triple, tensor_stride: Triple
+    offsets: list[Triple],
+    dilation: Triple,
+    tensor_stride: Triple,
+    padding: Triple = (0, 0, 0),
 ) -> list[Triple]:
     """:func:`scaled_offsets` as plain tuples (no tensor: nothing to read back from a device)."""
-    scale = [d * t for d, t in zip(dilation, tensor_stride)]
-    return [(o[0] * scale[0], o[1] * scale[1], o[2] * scale[2]) for o in offsets]
+    return [
+        tuple((o[a] * dilation[a] - padding[a]) * tensor_stride[a] for a in range(3))  # type: ignore[misc]
+        for o in offsets
+    ]
+
+
+def output_shape(
+    spatial_shape: Triple,
+    kernel_size: Triple,
+    stride: Triple,
+    padding: Triple,
+    dilation: Triple,
+    transposed: bool = False,
+    output_padding: Triple = (0, 0, 0),
+) -> Triple:
+    """The output grid of a conv on a ``spatial_shape`` grid (torch's and spconv's formulas)."""
+    if transposed:
+        shape = tuple(
+            (n - 1) * s - 2 * p + d * (k - 1) + q + 1
+            for n, k, s, p, d, q in zip(
+                spatial_shape, kernel_size, stride, padding, dilation, output_padding
+            )
+        )
+    else:
+        shape = tuple(
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip(spatial_shape, kernel_size, stride, padding, dilation)
+        )
+    if min(shape) < 1:
+        raise ValueError(
+            f"a kernel {kernel_size} with stride {stride}, padding {padding} and dilation "
+            f"{dilation} leaves no output on a {spatial_shape} grid"
+        )
+    return shape  # type: ignore[return-value]

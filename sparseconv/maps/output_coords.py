@@ -27,6 +27,15 @@ def _unique_coords(coords: torch.Tensor) -> torch.Tensor:
     return coord_keys.unpack(torch.unique(coord_keys.pack(coords)))
 
 
+def within(coords: torch.Tensor, tensor_stride: Triple, bounds: Triple | None) -> torch.Tensor:
+    """The rows inside the grid ``[0, bounds)`` (``bounds`` in units of ``tensor_stride``)."""
+    if bounds is None or coords.shape[0] == 0:
+        return coords
+    limit = torch.tensor([b * t for b, t in zip(bounds, tensor_stride)], device=coords.device)
+    xyz = coords[:, 1:]
+    return coords[((xyz >= 0) & (xyz < limit)).all(dim=1)]
+
+
 def strided_minkowski(coords: torch.Tensor, out_stride: Triple) -> torch.Tensor:
     s = torch.tensor([1, *out_stride], dtype=torch.int32, device=coords.device)
     return _unique_coords(torch.div(coords, s, rounding_mode="floor") * s)

@@ -7,14 +7,19 @@ import math
 import torch
 from torch import nn
 
-from sparseconv.functional.conv import conv3d
+from sparseconv.functional.conv import conv3d, conv_kernel_map
 from sparseconv.functional.dataflows import check_name
+from sparseconv.maps.kernel_map import KernelMap
 from sparseconv.maps.offsets import as_triple
 from sparseconv.tensor import SparseTensor
 
 
 class Conv3d(nn.Module):
     """Sparse 3-D convolution; ``stride=1`` is submanifold, ``transposed=True`` upsamples.
+
+    ``padding`` and ``spatial_shape`` (the input grid, in units of the input's stride) follow
+    spconv, and ``submanifold=False`` makes a stride-1 conv a regular (generating) one: see
+    :func:`sparseconv.functional.conv3d`.
 
     ``weight`` has shape ``[K, Cin, Cout]`` (K = kx*ky*kz, x-major, z fastest). Initialisation is
     uniform in ``+-1/sqrt(Cin*K)`` like ``torch.nn.Conv3d``'s default (fan-in from the kernel
@@ -33,6 +38,9 @@ class Conv3d(nn.Module):
         dataflow: str = "auto",
         downsample_mode: str = "minkowski",
         deterministic: bool = False,
+        padding: int | tuple[int, int, int] = 0,
+        spatial_shape: tuple[int, int, int] | None = None,
+        submanifold: bool = True,
     ) -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -47,6 +55,21 @@ class Conv3d(nn.Module):
         self.dataflow = check_name(dataflow)
         self.downsample_mode = downsample_mode
         self.deterministic = deterministic
+        self.padding = as_triple(padding, "padding", minimum=0)
+        self.spatial_shape = None if spatial_shape is None else as_triple(
+            tuple(spatial_shape), "spatial_shape"
+        )  # fmt: skip
+        self.submanifold = submanifold
+        if (
+            self.padding != (0, 0, 0)
+            and self.stride == (1, 1, 1)
+            and not transposed
+            and submanifold
+        ):
+            raise ValueError(
+                f"padding {self.padding} needs a strided or transposed conv: a submanifold conv "
+                "keeps its input coordinates"
+            )
         volume = math.prod(self.kernel_size)
         self.weight = nn.Parameter(torch.empty(volume, in_channels, out_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -63,12 +86,23 @@ class Conv3d(nn.Module):
             x, self.weight, self.bias, self.kernel_size, self.stride, self.dilation,
             transposed=self.transposed, dataflow=self.dataflow,
             downsample_mode=self.downsample_mode, deterministic=self.deterministic,
+            padding=self.padding, spatial_shape=self.spatial_shape, submanifold=self.submanifold,
+        )  # fmt: skip
+
+    def kernel_map(self, x: SparseTensor) -> KernelMap:
+        """The map this layer convolves ``x`` over (what pruning and cost models inspect)."""
+        return conv_kernel_map(
+            x, self.kernel_size, self.stride, self.dilation, self.transposed,
+            self.downsample_mode, padding=self.padding, spatial_shape=self.spatial_shape,
+            submanifold=self.submanifold,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.dilation != (1, 1, 1):
             s += f", dilation={self.dilation}"
+        if self.padding != (0, 0, 0):
+            s += f", padding={self.padding}"
         if self.transposed:
             s += ", transposed=True"
         return s + f", bias={self.bias is not None}"

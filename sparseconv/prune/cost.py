@@ -10,7 +10,6 @@ from __future__ import annotations
 from torch import nn
 
 from sparseconv import nn as snn
-from sparseconv.maps.build import build_kernel_map
 from sparseconv.prune.tracing import call_model, observed
 
 
@@ -22,11 +21,7 @@ def count_macs(model: nn.Module, example) -> dict[str, int]:
     def hook(module, args, out):
         x = args[0]
         if isinstance(module, snn.Conv3d):
-            kmap = build_kernel_map(
-                x.coords, module.kernel_size, module.stride, module.dilation,
-                downsample_mode=module.downsample_mode, tensor_stride=x.stride,
-                transposed=module.transposed, cache=x.cache,
-            )  # fmt: skip
+            kmap = module.kernel_map(x)
             n = int(kmap.in_idx.numel()) * module.in_channels * module.out_channels
         else:
             n = x.numel() // x.shape[-1] * module.in_features * module.out_features

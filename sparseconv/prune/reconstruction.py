@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from sparseconv import nn as snn
-from sparseconv.maps.build import build_kernel_map
 from sparseconv.prune.graph import DependencyGraph
 from sparseconv.prune.importance import Importance
 from sparseconv.prune.tracing import run_batches
@@ -33,11 +32,7 @@ def im2col(module: nn.Module, x) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return x.reshape(-1, 1, x.shape[-1])
     assert isinstance(x, SparseTensor)
-    kmap = build_kernel_map(
-        x.coords, module.kernel_size, module.stride, module.dilation,
-        downsample_mode=module.downsample_mode, tensor_stride=x.stride,
-        transposed=module.transposed, cache=x.cache,
-    )  # fmt: skip
+    kmap = module.kernel_map(x)
     padded = torch.cat([x.feats, x.feats.new_zeros(1, x.feats.shape[1])])
     nb = kmap.nbmap.long()
     return padded[torch.where(nb >= 0, nb, x.feats.shape[0])]
