@@ -139,12 +139,9 @@ def test_the_counter_sees_the_syncs_of_the_reference_path(monkeypatch):
 
 
 def _maps_built(x, net):
-    from sparseconv.functional.conv import _kernel_map
-
     y, built = x, {}
     for layer in net:
-        km = _kernel_map(y, layer.weight, None, layer.kernel_size, layer.stride, layer.dilation,
-                         layer.transposed, layer.downsample_mode, "auto")  # fmt: skip
+        km = layer.kernel_map(y)
         built[str(layer)] = km
         y = sc_tensor(km, layer, y)
     return built
