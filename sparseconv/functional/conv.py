@@ -78,6 +78,32 @@ def conv3d(
     return _output(x, feats, bias, kmap, stride, transposed)
 
 
+def apply_kernel_map(
+    feats: torch.Tensor,
+    weight: torch.Tensor,
+    kmap: KernelMap,
+    bias: torch.Tensor | None = None,
+    dataflow: str = "auto",
+    deterministic: bool = False,
+) -> torch.Tensor:
+    """``[kmap.n_out, Cout]`` features of a conv over a map built elsewhere (a front end that
+    shares maps by its own keys, such as spconv's ``indice_key``); differentiable like
+    :func:`conv3d`."""
+    if weight.dim() != 3 or weight.shape[0] != kmap.kernel_volume:
+        raise ValueError(
+            f"weight must have shape [{kmap.kernel_volume}, Cin, Cout] for this map, "
+            f"got {list(weight.shape)}"
+        )
+    if feats.dim() != 2 or feats.shape[0] != kmap.n_in or feats.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"features must have shape [{kmap.n_in}, {weight.shape[1]}] for this map, "
+            f"got {list(feats.shape)}"
+        )
+    flow = resolve(dataflow, feats, weight, kmap, deterministic)
+    out = SparseConvFunction.apply(feats.contiguous(), weight, kmap, flow)
+    return out + bias if bias is not None else out
+
+
 def semi_structured_conv3d(
     x: SparseTensor,
     weight: torch.Tensor,

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sparseconv.maps.build import build_kernel_map
+from sparseconv.maps.kernel_map import KernelMap
 from sparseconv.maps.offsets import as_triple
 from sparseconv.tensor import SparseTensor
 
@@ -16,6 +17,13 @@ def _per_batch(x: SparseTensor, reduce: str) -> torch.Tensor:
     out = x.feats.new_zeros((n, x.feats.shape[1]))
     index = batch[:, None].expand_as(x.feats)
     return out.scatter_reduce(0, index, x.feats, reduce=reduce, include_self=False)
+
+
+def pool_features(feats: torch.Tensor, kmap: KernelMap, reduce: str) -> torch.Tensor:
+    """``[kmap.n_out, C]``: ``reduce`` (``"amax"``, ``"mean"``) over each output's window."""
+    out = feats.new_zeros((kmap.n_out, feats.shape[1]))
+    index = kmap.out_idx[:, None].expand(-1, feats.shape[1])
+    return out.scatter_reduce(0, index, feats[kmap.in_idx], reduce=reduce, include_self=False)
 
 
 class GlobalAvgPool(nn.Module):
@@ -47,11 +55,7 @@ class _LocalPool(nn.Module):
             x.coords, self.kernel_size, self.stride, self.dilation,
             downsample_mode=self.downsample_mode, tensor_stride=x.stride, cache=x.cache,
         )  # fmt: skip
-        out = x.feats.new_zeros((kmap.n_out, x.feats.shape[1]))
-        index = kmap.out_idx[:, None].expand(-1, x.feats.shape[1])
-        out = out.scatter_reduce(
-            0, index, x.feats[kmap.in_idx], reduce=self.reduce, include_self=False
-        )
+        out = pool_features(x.feats, kmap, self.reduce)
         stride = tuple(a * b for a, b in zip(x.stride, self.stride))
         return SparseTensor(out, kmap.out_coords, stride, cache=x.cache, check=False)
 
