@@ -62,7 +62,8 @@ class SparseTensor:
                 table = HashTable.build(keys)
                 if self.stride not in self.cache.coords:
                     self.cache.tables[self.stride] = table
-        self.cache.coords.setdefault(self.stride, coords)
+        if not torch.compiler.is_compiling():  # traced code keeps its own cache (functional.traced)
+            self.cache.coords.setdefault(self.stride, coords)
 
     # -- basic properties -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -93,7 +94,7 @@ class SparseTensor:
     # -- derived tensors -------------------------------------------------------------------
     def replace_feats(self, feats: torch.Tensor) -> SparseTensor:
         """Same coordinates and cache, new features (what every pointwise layer returns)."""
-        if feats.dim() != 2 or feats.shape[0] != len(self):
+        if feats.dim() != 2 or feats.shape[0] != self.coords.shape[0]:
             raise ValueError(f"new feats must have shape [{len(self)}, C], got {list(feats.shape)}")
         return SparseTensor(feats, self.coords, self.stride, cache=self.cache, check=False)
 
@@ -177,3 +178,27 @@ def sparse_collate(tensors: Sequence[SparseTensor]) -> SparseTensor:
         coords.append(c)
     feats = torch.cat([t.feats for t in tensors])
     return SparseTensor(feats, torch.cat(coords), stride=tensors[0].stride)
+
+
+def _flatten(x: SparseTensor) -> tuple[list[torch.Tensor], Triple]:
+    return [x.feats, x.coords], x.stride
+
+
+def _flatten_with_keys(x: SparseTensor):
+    keys = torch.utils._pytree.GetAttrKey
+    return [(keys("feats"), x.feats), (keys("coords"), x.coords)], x.stride
+
+
+def _unflatten(values, stride: Triple) -> SparseTensor:
+    # rebuilt inside a trace (torch.export): checked when the caller built it
+    return SparseTensor(values[0], values[1], stride, check=False)
+
+
+# a pytree node, so that torch.export takes a SparseTensor input (its map cache is not exported)
+torch.utils._pytree.register_pytree_node(
+    SparseTensor,
+    _flatten,
+    _unflatten,
+    serialized_type_name="sparseconv.SparseTensor",
+    flatten_with_keys_fn=_flatten_with_keys,
+)

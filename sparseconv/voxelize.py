@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import torch
 
@@ -143,6 +144,10 @@ def _lookup(x: SparseTensor):
     """Query function ``keys -> row of x`` (-1 where absent): the C hash table on CPU, else the
     cached torch / Triton table of ``x``'s stride."""
     keys = coord_keys.pack(x.coords)
+    if torch.compiler.is_compiling():  # a custom op the compiler can trace
+        from sparseconv.functional import ops
+
+        return partial(ops.lookup, keys)
     if tables.native(x.coords.device):
         return tables.Lookup(keys)
     return x.cache.table(x.stride, x.coords, keys).query
@@ -190,8 +195,11 @@ def points_to_voxels(
     cell = torch.div(torch.floor(points[:, 1:] / vs).long(), stride, rounding_mode="floor") * stride
     coords = torch.cat([points[:, :1].long(), cell], 1).int()
     idx = _lookup(x)(coord_keys.pack(coords)).long()
+    # dense sums, no boolean-mask indexing (no data-dependent shape): a miss adds 0 to row 0
     hit = idx >= 0
-    acc = point_feats.new_zeros((len(x), point_feats.shape[1]))
-    acc.index_add_(0, idx[hit], point_feats[hit])
-    count = torch.bincount(idx[hit], minlength=len(x)).clamp(min=1).to(acc.dtype)
+    rows = idx.clamp(min=0)
+    n = x.coords.shape[0]
+    acc = point_feats.new_zeros((n, point_feats.shape[1]))
+    acc.index_add_(0, rows, torch.where(hit[:, None], point_feats, 0.0))  # a miss may be NaN
+    count = point_feats.new_zeros(n).index_add_(0, rows, hit.to(point_feats.dtype)).clamp(min=1)
     return x.replace_feats(acc / count[:, None])

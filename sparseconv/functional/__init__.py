@@ -1,5 +1,6 @@
 """Sparse-conv ops with autograd, and the dataflows that run them."""
 
+from sparseconv.functional import ops  # registers the torch.library custom ops
 from sparseconv.functional.conv import (
     SparseConvFunction,
     apply_kernel_map,
@@ -16,6 +17,7 @@ __all__ = [
     "apply_kernel_map",
     "conv3d",
     "conv_kernel_map",
+    "ops",
     "semi_structured_conv3d",
     "set_autotune",
 ]

@@ -9,7 +9,7 @@ import torch
 
 from sparseconv.functional import semi_structured
 from sparseconv.functional.dataflows import Dataflow, resolve
-from sparseconv.maps.build import build_kernel_map
+from sparseconv.maps.build import DOWNSAMPLE_MODES, build_kernel_map
 from sparseconv.maps.kernel_map import KernelMap
 from sparseconv.maps.offsets import as_triple, output_shape
 from sparseconv.tensor import SparseTensor
@@ -71,11 +71,31 @@ def conv3d(
     makes a stride-1 conv a regular one that generates outputs (spconv's ``SparseConv3d``).
     """
     geometry = _Geometry(padding, spatial_shape, output_padding, submanifold)
+    if torch.compiler.is_compiling():
+        return _traced(x, weight, bias, kernel_size, stride, dilation, transposed,
+                       downsample_mode, geometry)  # fmt: skip
     kmap = _kernel_map(x, weight, bias, kernel_size, stride, dilation, transposed, downsample_mode,
                        method, geometry)  # fmt: skip
     flow = resolve(dataflow, x.feats, weight, kmap, deterministic)
     feats = SparseConvFunction.apply(x.feats.contiguous(), weight, kmap, flow)
     return _output(x, feats, bias, kmap, stride, transposed)
+
+
+def _traced(x, weight, bias, kernel_size, stride, dilation, transposed, mode, geometry):
+    """torch.compile / export: maps and kernels as custom ops (:mod:`.traced`)."""
+    from sparseconv.functional import traced
+
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
+    if mode not in DOWNSAMPLE_MODES:
+        raise ValueError(f"downsample_mode must be one of {DOWNSAMPLE_MODES}, got {mode!r}")
+    ks = as_triple(kernel_size, "kernel_size")
+    s, d = as_triple(stride, "stride"), as_triple(dilation, "dilation")
+    _check_weight(x, weight, bias, math.prod(ks))
+    pad = as_triple(geometry.padding, "padding", minimum=0)
+    bounds = geometry.bounds(ks, s, d, transposed)
+    return traced.conv3d(x, weight, bias, ks, s, d, transposed, mode, pad, bounds,
+                         geometry.submanifold)  # fmt: skip
 
 
 def apply_kernel_map(

@@ -125,10 +125,16 @@ class _Geometry(NamedTuple):
 
     def rule(self) -> tuple:
         """What decides a strided conv's output set (:meth:`MapCache.register`)."""
-        if self.mode == "minkowski":
-            return ("minkowski", self.bounds)
-        return (self.mode, self.tensor_stride, self.kernel_size, self.stride, self.dilation,
-                self.padding, self.bounds)  # fmt: skip
+        return coordinate_rule(self.mode, self.tensor_stride, self.kernel_size, self.stride,
+                               self.dilation, self.padding, self.bounds)  # fmt: skip
+
+
+def coordinate_rule(mode: str, tensor_stride, kernel_size, stride, dilation, padding, bounds):
+    """What decides a strided conv's output set: two convs with equal rules on one input set
+    produce one output set (the Minkowski cells depend on nothing but the bounds)."""
+    if mode == "minkowski":
+        return ("minkowski", bounds)
+    return (mode, tensor_stride, kernel_size, stride, dilation, padding, bounds)
 
 
 def _register(cache: MapCache | None, geometry: _Geometry, out_coords: torch.Tensor):

@@ -28,6 +28,9 @@ class MapCache:
     kmaps: dict[MapKey, KernelMap] = field(default_factory=dict)
     # which rule produced each stride's coordinates: a strided conv reuses them only by the same rule
     rules: dict[Triple, tuple] = field(default_factory=dict)
+    # under torch.compile / export (sparseconv.functional.traced): maps as plain tensors
+    traced_maps: dict[MapKey, tuple] = field(default_factory=dict)
+    traced_coords: dict[Triple, tuple] = field(default_factory=dict)
 
     def register(self, tensor_stride: Triple, coords: torch.Tensor, rule: tuple) -> torch.Tensor:
         """The coordinate set to use at ``tensor_stride`` for outputs ``coords`` made by ``rule``.

@@ -60,7 +60,7 @@ def check_coords(coords: torch.Tensor, name: str = "coords", values: bool = True
         raise ValueError(
             f"{name} must have shape [N, 4] (batch, x, y, z), got {list(coords.shape)}"
         )
-    if coords.numel() == 0 or not values:
+    if not values or coords.numel() == 0:
         return
     lo = coords.amin(0)
     hi = coords.amax(0)

@@ -16,7 +16,7 @@ from torch import nn
 from sparseconv import nn as snn
 from sparseconv.models.blocks import ConvBlock, residual_stage
 from sparseconv.tensor import SparseTensor
-from sparseconv.utils.threads import inference_threads
+from sparseconv.utils.threads import run_inference_threads
 
 BASE_WIDTHS = (32, 32, 64, 128, 256, 256, 128, 96, 96)
 MINKUNET18_BLOCKS = (2,) * 8
@@ -81,9 +81,12 @@ class MinkUNet(nn.Module):
         return self.fuse[j](y.replace_feats(torch.cat([y.feats, skip.feats], 1)))
 
     def forward(self, x: SparseTensor) -> torch.Tensor:
-        with inference_threads(self):  # fewer threads while other processes hold the cores
-            skips = self.encode(x)
-            y = skips[4]
-            for j in range(4):
-                y = self.decode_stage(j, y, skips[3 - j])
-            return self.classifier(y.feats)
+        # fewer threads while other processes hold the cores
+        return run_inference_threads(self, self._forward, x)
+
+    def _forward(self, x: SparseTensor) -> torch.Tensor:
+        skips = self.encode(x)
+        y = skips[4]
+        for j in range(4):
+            y = self.decode_stage(j, y, skips[3 - j])
+        return self.classifier(y.feats)

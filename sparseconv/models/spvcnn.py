@@ -14,7 +14,7 @@ from torch import nn
 
 from sparseconv.models.minkunet import MINKUNET18_BLOCKS, MinkUNet
 from sparseconv.tensor import SparseTensor
-from sparseconv.utils.threads import inference_threads
+from sparseconv.utils.threads import run_inference_threads
 from sparseconv.voxelize import devoxelize, points_to_voxels
 
 
@@ -50,19 +50,22 @@ class SPVCNN(MinkUNet):
     def forward(  # type: ignore[override]
         self, x: SparseTensor, points: torch.Tensor, voxel_size: float = 0.05
     ) -> torch.Tensor:
-        with inference_threads(self):  # fewer threads while other processes hold the cores
-            x0 = self.stem(x)
-            z0 = self._fuse(x0, points, voxel_size, None, None)
-            skips = [points_to_voxels(x0, points, z0, voxel_size)]
-            for stage in self.down:
-                skips.append(stage(skips[-1]))
-            z1 = self._fuse(skips[4], points, voxel_size, z0, self.point_mlps[0])
-            y = points_to_voxels(skips[4], points, z1, voxel_size)
-            y = y.replace_feats(self.dropout(y.feats))
-            y = self.decode_stage(1, self.decode_stage(0, y, skips[3]), skips[2])
-            z2 = self._fuse(y, points, voxel_size, z1, self.point_mlps[1])
-            y = points_to_voxels(y, points, z2, voxel_size)
-            y = y.replace_feats(self.dropout(y.feats))
-            y = self.decode_stage(3, self.decode_stage(2, y, skips[1]), skips[0])
-            z3 = self._fuse(y, points, voxel_size, z2, self.point_mlps[2])
-            return self.classifier(z3)
+        # fewer threads while other processes hold the cores
+        return run_inference_threads(self, self._forward, x, points, voxel_size)
+
+    def _forward(self, x: SparseTensor, points: torch.Tensor, voxel_size: float) -> torch.Tensor:
+        x0 = self.stem(x)
+        z0 = self._fuse(x0, points, voxel_size, None, None)
+        skips = [points_to_voxels(x0, points, z0, voxel_size)]
+        for stage in self.down:
+            skips.append(stage(skips[-1]))
+        z1 = self._fuse(skips[4], points, voxel_size, z0, self.point_mlps[0])
+        y = points_to_voxels(skips[4], points, z1, voxel_size)
+        y = y.replace_feats(self.dropout(y.feats))
+        y = self.decode_stage(1, self.decode_stage(0, y, skips[3]), skips[2])
+        z2 = self._fuse(y, points, voxel_size, z1, self.point_mlps[1])
+        y = points_to_voxels(y, points, z2, voxel_size)
+        y = y.replace_feats(self.dropout(y.feats))
+        y = self.decode_stage(3, self.decode_stage(2, y, skips[1]), skips[0])
+        z3 = self._fuse(y, points, voxel_size, z2, self.point_mlps[2])
+        return self.classifier(z3)

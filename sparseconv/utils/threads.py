@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 POLICIES = ("adaptive", "fixed")
 _REFRESH_S = 0.02
@@ -108,16 +111,17 @@ def adaptive_threads() -> Iterator[None]:
             torch.set_num_threads(saved)
 
 
-@contextmanager
-def inference_threads(module: torch.nn.Module) -> Iterator[None]:
-    """:func:`adaptive_threads` for a module in eval mode, torch's setting in training mode.
+def run_inference_threads(module: torch.nn.Module, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` under :func:`adaptive_threads` for a module in eval mode, torch's setting
+    in training mode.
 
     In eval mode the ops around sparse convs (norms with running statistics, activations,
     concatenations) are elementwise, so their results do not depend on the thread count; in
     training mode batch statistics are reductions that do, and a run must stay reproducible.
+    Compiled code calls ``fn`` directly: a graph cannot set threads, and a ``with`` block around
+    a graph break would make the compiler trace the thread logic itself.
     """
-    if module.training:
-        yield
-        return
+    if module.training or torch.compiler.is_compiling():
+        return fn(*args)
     with adaptive_threads():
-        yield
+        return fn(*args)
