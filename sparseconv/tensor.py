@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import torch
@@ -201,4 +202,7 @@ torch.utils._pytree.register_pytree_node(
     _unflatten,
     serialized_type_name="sparseconv.SparseTensor",
     flatten_with_keys_fn=_flatten_with_keys,
+    # a saved ExportedProgram keeps the stride as JSON; it must come back a tuple
+    to_dumpable_context=lambda stride: json.dumps(list(stride)),
+    from_dumpable_context=lambda text: tuple(json.loads(text)),
 )

@@ -69,16 +69,17 @@ def _(feats, weight, nbmap, submanifold):
 
 
 @torch.library.custom_op("sparseconv::conv_input_grad", mutates_args=())
-def conv_input_grad(grad_out: torch.Tensor, weight: torch.Tensor, nbmap: torch.Tensor,
-                    submanifold: bool, n_in: int) -> torch.Tensor:  # fmt: skip
-    kmap = _kernel_map(nbmap, n_in, submanifold)
-    flow = resolve("auto", grad_out, weight, kmap, False)
-    return flow.backward_input(grad_out.contiguous(), weight, kmap).to(grad_out.dtype)
+def conv_input_grad(grad_out: torch.Tensor, feats: torch.Tensor, weight: torch.Tensor,
+                    nbmap: torch.Tensor, submanifold: bool) -> torch.Tensor:  # fmt: skip
+    """``dX`` of :func:`conv` (``feats`` picks the dataflow, as in the forward pass)."""
+    kmap = _kernel_map(nbmap, feats.shape[0], submanifold)
+    flow = resolve("auto", feats, weight, kmap, False)
+    return flow.backward_input(grad_out.contiguous(), weight, kmap).to(feats.dtype)
 
 
 @conv_input_grad.register_fake
-def _(grad_out, weight, nbmap, submanifold, n_in):
-    return grad_out.new_empty((n_in, weight.shape[1]))
+def _(grad_out, feats, weight, nbmap, submanifold):
+    return feats.new_empty(feats.shape)
 
 
 @torch.library.custom_op("sparseconv::conv_weight_grad", mutates_args=())
@@ -105,7 +106,7 @@ def _backward(ctx, grad_out):
     feats, weight, nbmap = ctx.saved_tensors
     grad_feats = grad_weight = None
     if ctx.needs_input_grad[0]:
-        grad_feats = conv_input_grad(grad_out, weight, nbmap, ctx.submanifold, feats.shape[0])
+        grad_feats = conv_input_grad(grad_out, feats, weight, nbmap, ctx.submanifold)
     if ctx.needs_input_grad[1]:
         grad_weight = conv_weight_grad(feats, grad_out, weight, nbmap, ctx.submanifold)
     return grad_feats, grad_weight, None, None

@@ -23,6 +23,13 @@ class _OnFeatures:
 class BatchNorm(_OnFeatures, nn.BatchNorm1d):
     """Batch norm over all points of the batch (``BatchNorm1d`` on ``[N, C]``)."""
 
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        if self.training and torch.compiler.is_compiling():
+            # a voxel count from a strided map is unknown when tracing: state (as a runtime
+            # check) what batch norm asserts in eager mode, instead of failing to trace it
+            torch._check(x.feats.shape[0] != 1)
+        return super().forward(x)
+
     def can_apply_in_place(self) -> bool:
         """Inference with running statistics and no hooks: the norm is one affine map."""
         return (
