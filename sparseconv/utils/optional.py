@@ -2,7 +2,8 @@
 
 The conv library needs only torch, numpy, triton, tqdm and pyyaml. LiDAR file I/O (PLY/PCD) and
 the raycasting scan generator need Open3D (extra ``lidar``), plots need matplotlib (extra
-``viz``); ``make`` installs both.
+``viz``), ONNX export and its runtime onnx, onnxscript, onnxruntime and onnxruntime-extensions
+(extra ``deploy``); ``make`` installs all three.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-EXTRAS = {"open3d": "lidar", "matplotlib": "viz"}
+EXTRAS = {"open3d": "lidar", "matplotlib": "viz", "onnx": "deploy", "onnxscript": "deploy",
+          "onnxruntime": "deploy", "onnxruntime_extensions": "deploy"}  # fmt: skip
 
 
 def require(module: str, purpose: str) -> ModuleType:
