@@ -21,6 +21,7 @@ share a map also share its derived plans) and runs the dataflow ``resolve`` pick
 from __future__ import annotations
 
 import weakref
+from functools import partial
 
 import torch
 
@@ -48,8 +49,15 @@ def _kernel_map(nbmap: torch.Tensor, n_in: int, submanifold: bool) -> KernelMap:
     offsets = [(0, 0, k) for k in range(nbmap.shape[1])]  # only their number is read
     kmap = KernelMap.from_nbmap(nbmap, placeholder, n_in, offsets, submanifold=submanifold)
     key = id(nbmap)
-    _KERNEL_MAPS[key] = (weakref.ref(nbmap, lambda _ref: _KERNEL_MAPS.pop(key, None)), kmap)
+    _KERNEL_MAPS[key] = (weakref.ref(nbmap, partial(_forget, key)), kmap)
     return kmap
+
+
+def _forget(key: int, ref: weakref.ref) -> None:
+    """Drop a freed table's entry (not a newer one that reuses its id; not at shutdown)."""
+    maps = _KERNEL_MAPS
+    if maps is not None and key in maps and maps[key][0] is ref:
+        del maps[key]
 
 
 # -- convolution --------------------------------------------------------------------------------
