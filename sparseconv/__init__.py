@@ -4,9 +4,10 @@ import sparseconv as sc
 x = sc.SparseTensor(feats, coords)            # coords int32 [N, 4] = (batch, x, y, z)
 y = sc.nn.Conv3d(4, 32, kernel_size=3)(x)
 
-``sc.datasets`` (readers, the synthetic scan generator) is imported on first access, so that a
-conv-only user never loads its I/O code; ``sparseconv.train``, ``sparseconv.bench`` and
-``sparseconv.cli`` are tools built on the library and are imported explicitly.
+``sc.datasets`` (readers, the synthetic scan generator) and ``sc.onnx`` (export, runtime) are
+imported on first access, so that a conv-only user never loads their code; ``sparseconv.train``,
+``sparseconv.bench`` and ``sparseconv.cli`` are tools built on the library and are imported
+explicitly.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sparseconv.voxelize import devoxelize, voxelize
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("datasets",)
+_LAZY_SUBMODULES = ("datasets", "onnx")
 
 __all__ = [
     "SparseTensor",
@@ -30,6 +31,7 @@ __all__ = [
     "maps",
     "models",
     "nn",
+    "onnx",
     "prune",
     "sparse_collate",
     "voxelize",

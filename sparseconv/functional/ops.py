@@ -20,6 +20,9 @@ share a map also share its derived plans) and runs the dataflow ``resolve`` pick
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import sys
 import weakref
 from functools import partial
 
@@ -32,10 +35,42 @@ from sparseconv.maps.hashtable import HashTable
 from sparseconv.maps.kernel_map import KernelMap
 from sparseconv.maps.tables import transpose_nbmap
 
-# A strided map's output count depends on the coordinates: without this torch.compile would break
-# the graph at every strided map, and the resumed frames would guard on (and recompile for)
-# the state of the map cache. With it, a network compiles into one graph whatever the scan size.
-torch._dynamo.config.capture_dynamic_output_shape_ops = True
+
+def _capture_dynamic_output_shapes(config) -> None:
+    """A strided map's output count depends on the coordinates: without this torch.compile
+    would break the graph at every strided map, and the resumed frames would guard on (and
+    recompile for) the state of the map cache. With it a network is one graph at any size."""
+    config.capture_dynamic_output_shape_ops = True
+
+
+def _when_imported(name: str, action) -> None:
+    """``action(module)`` once ``name`` is imported: now if it is, else right after its import
+    (importing torch._dynamo here would add a second to ``import sparseconv``)."""
+    if name in sys.modules:
+        action(sys.modules[name])
+        return
+
+    class _Hook(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            if spec is None or spec.loader is None:
+                return spec
+            execute = spec.loader.exec_module
+
+            def exec_module(module):
+                execute(module)
+                action(module)
+
+            spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, _Hook())
+
+
+_when_imported("torch._dynamo.config", _capture_dynamic_output_shapes)
 
 # id(nbmap) -> (weak reference to it, its KernelMap): layers sharing one map share its plans
 _KERNEL_MAPS: dict[int, tuple[weakref.ref, KernelMap]] = {}
