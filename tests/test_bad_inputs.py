@@ -66,7 +66,7 @@ CASES = [
     ("maps transposed stride", lambda: sc.maps.build_kernel_map(COORDS, 2, 2, transposed=True), ValueError, "tensor stride divisible"),
     ("conv input type", lambda: sc.functional.conv3d(FEATS, torch.randn(27, 4, 8)), TypeError, "x must be a SparseTensor"),
     ("conv weight rank", lambda: sc.functional.conv3d(_x(), torch.randn(27, 4)), ValueError, r"weight must have shape \[K, Cin, Cout\]"),
-    ("conv weight offsets", lambda: sc.functional.conv3d(_x(), torch.randn(8, 4, 8)), ValueError, "8 kernel offsets but kernel_size gives 27"),
+    ("conv weight offsets", lambda: sc.functional.conv3d(_x(), torch.randn(8, 4, 8)), ValueError, "8 kernel offsets but the kernel .* has 27"),
     ("conv weight channels", lambda: sc.functional.conv3d(_x(), torch.randn(27, 5, 8)), ValueError, "expects 5 input channels but x has 4"),
     ("conv weight dtype", lambda: sc.functional.conv3d(_x(), torch.randn(27, 4, 8).double()), TypeError, "weight dtype"),
     ("conv bias shape", lambda: sc.functional.conv3d(_x(), torch.randn(27, 4, 8), bias=torch.randn(3)), ValueError, r"bias must have shape \[8\]"),

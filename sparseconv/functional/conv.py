@@ -53,6 +53,7 @@ def conv3d(
     spatial_shape: tuple[int, int, int] | None = None,
     output_padding: int | tuple[int, int, int] = 0,
     submanifold: bool = True,
+    offsets: tuple[int, ...] | None = None,
 ) -> SparseTensor:
     """Sparse 3-D convolution of ``x`` with ``weight`` ``[K, Cin, Cout]``.
 
@@ -69,19 +70,22 @@ def conv3d(
     torch's and spconv's formulas give for an input grid of ``spatial_shape``, in units of
     ``x.stride``; ``output_padding`` for a transposed conv) are dropped. ``submanifold=False``
     makes a stride-1 conv a regular one that generates outputs (spconv's ``SparseConv3d``).
+    ``offsets`` (kernel-offset pruning) lists the kernel offsets kept, as indices into the full
+    kernel in weight order; ``weight`` then has ``len(offsets)`` rows and the kernel map is
+    restricted to them.
     """
     geometry = _Geometry(padding, spatial_shape, output_padding, submanifold)
     if torch.compiler.is_compiling():
         return _traced(x, weight, bias, kernel_size, stride, dilation, transposed,
-                       downsample_mode, geometry)  # fmt: skip
+                       downsample_mode, geometry, offsets)  # fmt: skip
     kmap = _kernel_map(x, weight, bias, kernel_size, stride, dilation, transposed, downsample_mode,
-                       method, geometry)  # fmt: skip
+                       method, geometry, offsets)  # fmt: skip
     flow = resolve(dataflow, x.feats, weight, kmap, deterministic)
     feats = SparseConvFunction.apply(x.feats.contiguous(), weight, kmap, flow)
     return _output(x, feats, bias, kmap, stride, transposed)
 
 
-def _traced(x, weight, bias, kernel_size, stride, dilation, transposed, mode, geometry):
+def _traced(x, weight, bias, kernel_size, stride, dilation, transposed, mode, geometry, offsets):
     """torch.compile / export: maps and kernels as custom ops (:mod:`.traced`)."""
     from sparseconv.functional import traced
 
@@ -91,11 +95,11 @@ def _traced(x, weight, bias, kernel_size, stride, dilation, transposed, mode, ge
         raise ValueError(f"downsample_mode must be one of {DOWNSAMPLE_MODES}, got {mode!r}")
     ks = as_triple(kernel_size, "kernel_size")
     s, d = as_triple(stride, "stride"), as_triple(dilation, "dilation")
-    _check_weight(x, weight, bias, math.prod(ks))
+    _check_weight(x, weight, bias, _volume(ks, offsets))
     pad = as_triple(geometry.padding, "padding", minimum=0)
     bounds = geometry.bounds(ks, s, d, transposed)
     return traced.conv3d(x, weight, bias, ks, s, d, transposed, mode, pad, bounds,
-                         geometry.submanifold)  # fmt: skip
+                         geometry.submanifold, offsets)  # fmt: skip
 
 
 def apply_kernel_map(
@@ -138,11 +142,12 @@ def semi_structured_conv3d(
     padding: int | tuple[int, int, int] = 0,
     spatial_shape: tuple[int, int, int] | None = None,
     submanifold: bool = True,
+    offsets: tuple[int, ...] | None = None,
 ) -> SparseTensor:
     """Inference-only :func:`conv3d` whose GEMMs take ``packed``, the per-offset compressed
     2:4 form of ``weight`` (:func:`sparseconv.functional.semi_structured.pack`); no autograd."""
     kmap = _kernel_map(x, weight, bias, kernel_size, stride, dilation, transposed, downsample_mode,
-                       method, _Geometry(padding, spatial_shape, 0, submanifold))  # fmt: skip
+                       method, _Geometry(padding, spatial_shape, 0, submanifold), offsets)  # fmt: skip
     if len(packed) != kmap.kernel_volume:
         raise ValueError(f"packed has {len(packed)} offsets, the kernel {kmap.kernel_volume}")
     feats = semi_structured.forward(x.feats.contiguous(), packed, kmap)
@@ -174,13 +179,26 @@ class _Geometry(NamedTuple):
 
 def _kernel_map(
     x, weight, bias, kernel_size, stride, dilation, transposed, mode, method,
-    geometry: _Geometry,
+    geometry: _Geometry, offsets: tuple[int, ...] | None = None,
 ):  # fmt: skip
     if not isinstance(x, SparseTensor):
         raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
     ks = as_triple(kernel_size, "kernel_size")
-    _check_weight(x, weight, bias, math.prod(ks))
-    return conv_kernel_map(x, ks, stride, dilation, transposed, mode, method, *geometry)
+    _check_weight(x, weight, bias, _volume(ks, offsets))
+    kmap = conv_kernel_map(x, ks, stride, dilation, transposed, mode, method, *geometry)
+    return kmap if offsets is None else kmap.select_offsets(tuple(offsets))
+
+
+def _volume(ks, offsets) -> int:
+    """Rows the weight must have: the kernel's volume, or the number of kept offsets."""
+    if offsets is None:
+        return math.prod(ks)
+    if not offsets or any(not 0 <= k < math.prod(ks) for k in offsets):
+        raise ValueError(
+            f"offsets must be a non-empty list of indices below {math.prod(ks)} (the kernel "
+            f"volume of {ks}), got {list(offsets)}"
+        )
+    return len(offsets)
 
 
 def conv_kernel_map(
@@ -227,7 +245,8 @@ def _check_weight(
         )
     if weight.shape[0] != volume:
         raise ValueError(
-            f"weight has {weight.shape[0]} kernel offsets but kernel_size gives {volume}"
+            f"weight has {weight.shape[0]} kernel offsets but the kernel (its kept offsets, "
+            f"if pruned) has {volume}"
         )
     if weight.shape[1] != x.feats.shape[1]:
         raise ValueError(

@@ -20,7 +20,7 @@ from sparseconv.tensor import SparseTensor
 
 def conv3d(x: SparseTensor, weight: torch.Tensor, bias, ks: Triple, s: Triple, d: Triple,
            transposed: bool, mode: str, pad: Triple, bounds: Triple | None,
-           submanifold: bool) -> SparseTensor:  # fmt: skip
+           submanifold: bool, offsets: tuple[int, ...] | None = None) -> SparseTensor:  # fmt: skip
     cache, ts = x.cache, x.stride
     submanifold = submanifold and s == (1, 1, 1) and not transposed
     if s == (1, 1, 1) and not transposed and not submanifold:
@@ -43,6 +43,9 @@ def conv3d(x: SparseTensor, weight: torch.Tensor, bias, ks: Triple, s: Triple, d
                                coordinate_rule(mode, ts, ks, s, d, pad, bounds))  # fmt: skip
     if known:
         cache.traced_maps[key] = (out_coords, nbmap)
+    if offsets is not None:  # kernel-offset pruning: the kept offsets' columns only
+        nbmap = nbmap[:, list(offsets)]
+        submanifold = False
     feats = ops.conv(x.feats, weight, nbmap, submanifold)
     if bias is not None:
         feats = feats + bias

@@ -36,6 +36,7 @@ class PlanKind(enum.Enum):
     GATHER_SCATTER_BLOCKS = "per-program pair blocks of the Triton gather-scatter kernel"
     OFFSET_PTR_ON_DEVICE = "offset_ptr copied to the map's device"
     ROW_ORDER = "output rows in neighbour-mask order (Triton implicit GEMM)"
+    OFFSET_SUBSET = "the map restricted to some kernel offsets (kernel-offset pruning)"
 
 
 class KernelMap:
@@ -185,6 +186,31 @@ class KernelMap:
             n_in=self.n_out,
             offsets=list(self.offsets),
         )
+
+    def select_offsets(self, kept: tuple[int, ...]) -> KernelMap:
+        """The map of the offsets ``kept`` (indices into ``offsets``, in weight order), built
+        once per subset: a conv whose pruned offsets are gone gathers and multiplies only these.
+        The result is not flagged submanifold (its identity offset is no longer at ``K // 2``)."""
+        if any(not 0 <= k < self.kernel_volume for k in kept) or len(set(kept)) != len(kept):
+            raise ValueError(
+                f"kept offsets {list(kept)} must be distinct indices below {self.kernel_volume}"
+            )
+        if list(kept) == list(range(self.kernel_volume)):
+            return self
+
+        def build() -> KernelMap:
+            offsets = [self.offsets[k] for k in kept]
+            if not self.has_csr:
+                nb = self._nbmap[:, list(kept)].contiguous()
+                return KernelMap.from_nbmap(nb, self.out_coords, self.n_in, offsets)
+            ptr = self.offset_ptr
+            spans = [(int(ptr[k]), int(ptr[k + 1])) for k in kept]
+            index = torch.cat([torch.arange(lo, hi) for lo, hi in spans]).to(self._in_idx.device)
+            sizes = torch.tensor([0] + [hi - lo for lo, hi in spans], dtype=ptr.dtype)
+            return KernelMap(self._in_idx[index], self._out_idx[index], torch.cumsum(sizes, 0),
+                             self.out_coords, self.n_in, offsets)  # fmt: skip
+
+        return self.plan(PlanKind.OFFSET_SUBSET, build, tuple(kept))
 
     def transposed_view(self) -> KernelMap:
         """The transposed map for the input gradient, built once (``plans``); no coordinates.

@@ -72,11 +72,14 @@ class Conv3d(nn.Module):
             )
         volume = math.prod(self.kernel_size)
         self.weight = nn.Parameter(torch.empty(volume, in_channels, out_channels))
+        # kernel-offset pruning: the offsets kept (indices into the full kernel), None = all
+        self.register_buffer("kept_offsets", None)
+        self._kept: tuple[tuple, tuple[int, ...] | None] = ((), None)
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_channels * self.weight.shape[0])
+        bound = 1.0 / math.sqrt(self.in_channels * math.prod(self.kernel_size))
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
@@ -87,15 +90,59 @@ class Conv3d(nn.Module):
             transposed=self.transposed, dataflow=self.dataflow,
             downsample_mode=self.downsample_mode, deterministic=self.deterministic,
             padding=self.padding, spatial_shape=self.spatial_shape, submanifold=self.submanifold,
+            offsets=self.offsets(),
         )  # fmt: skip
+
+    def offsets(self) -> tuple[int, ...] | None:
+        """The kept kernel offsets as a tuple (read from the buffer only when it changed)."""
+        kept = self.kept_offsets
+        if kept is None:
+            return None
+        if torch.compiler.is_compiling() and self._kept[1] is not None:
+            return self._kept[1]  # a compiled graph takes the offsets as constants
+        stamp = (id(kept), kept._version, kept.device)
+        if self._kept[0] != stamp:
+            self._kept = (stamp, tuple(int(k) for k in kept.tolist()))
+        return self._kept[1]
+
+    def keep_offsets(self, kept) -> None:
+        """Keep only the kernel offsets ``kept`` (indices into the full kernel, weight order):
+        the weight shrinks to ``[len(kept), Cin, Cout]`` and the map to those offsets. Indices
+        refer to the full kernel even when some were removed before."""
+        volume = math.prod(self.kernel_size)
+        kept = sorted(int(k) for k in kept)
+        if not kept or len(set(kept)) != len(kept) or not all(0 <= k < volume for k in kept):
+            raise ValueError(
+                f"kept offsets must be distinct indices below {volume}, got {list(kept)}"
+            )
+        current = list(range(volume)) if self.kept_offsets is None else list(self.offsets())
+        missing = sorted(set(kept) - set(current))
+        if missing:
+            raise ValueError(f"offsets {missing} were removed already and cannot come back")
+        rows = torch.tensor([current.index(k) for k in kept], device=self.weight.device)
+        with torch.no_grad():
+            self.weight = nn.Parameter(self.weight.index_select(0, rows).contiguous())
+        if kept == list(range(volume)):
+            self.kept_offsets = None
+        else:
+            self.kept_offsets = torch.tensor(kept, dtype=torch.long, device=self.weight.device)
+            self.offsets()  # fill the cache a compiled graph reads
 
     def kernel_map(self, x: SparseTensor) -> KernelMap:
         """The map this layer convolves ``x`` over (what pruning and cost models inspect)."""
-        return conv_kernel_map(
-            x, self.kernel_size, self.stride, self.dilation, self.transposed,
-            self.downsample_mode, padding=self.padding, spatial_shape=self.spatial_shape,
+        kmap = conv_kernel_map(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.dilation,
+            self.transposed,
+            self.downsample_mode,
+            padding=self.padding,
+            spatial_shape=self.spatial_shape,
             submanifold=self.submanifold,
-        )  # fmt: skip
+        )
+        kept = self.offsets()
+        return kmap if kept is None else kmap.select_offsets(kept)  # fmt: skip
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -105,4 +152,6 @@ class Conv3d(nn.Module):
             s += f", padding={self.padding}"
         if self.transposed:
             s += ", transposed=True"
+        if self.kept_offsets is not None:
+            s += f", offsets={len(self.offsets())}/{math.prod(self.kernel_size)}"
         return s + f", bias={self.bias is not None}"

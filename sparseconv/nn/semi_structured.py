@@ -71,6 +71,7 @@ class SemiStructuredConv3d(Conv3d):
             x, self.weight, self.packed(), self.bias, self.kernel_size, self.stride,
             self.dilation, transposed=self.transposed, downsample_mode=self.downsample_mode,
             padding=self.padding, spatial_shape=self.spatial_shape, submanifold=self.submanifold,
+            offsets=self.offsets(),
         )  # fmt: skip
 
     def to_conv(self) -> Conv3d:

@@ -1,8 +1,10 @@
-"""Pruning of sparse-conv networks: channel (physically smaller), N:M and fine-grained.
+"""Pruning of sparse-conv networks: channel (physically smaller), kernel offsets, N:M and
+fine-grained.
 
 ```python
 graph = sc.prune.DependencyGraph(net, example)        # coupled channels, printable
 small = sc.prune.channel_prune(net, example, ratio=0.5, importance="l2")
+fewer, report = sc.prune.offset_prune(net, example, ratio=1 / 3, importance="work")
 report = sc.prune.nm_prune(net, n=2, m=4)             # masks stay applied while fine-tuning
 sc.prune.accelerate_nm(net.half().cuda(), example)   # sparse tensor cores where measurably faster
 sc.prune.save(small, "small.npz"); again = sc.prune.load("small.npz")
@@ -34,6 +36,7 @@ from sparseconv.prune.masks import (
     nm_prune,
     remove_mask,
 )
+from sparseconv.prune.offset import OffsetReport, offset_prune, pattern_offsets, zero_offsets
 from sparseconv.prune.reconstruction import Reconstruction
 from sparseconv.prune.schedule import (
     FINETUNE_LR_FACTOR,
@@ -80,6 +83,10 @@ __all__ = [
     "load",
     "masked_layers",
     "nm_prune",
+    "OffsetReport",
+    "offset_prune",
+    "pattern_offsets",
+    "zero_offsets",
     "remove_channels",
     "remove_mask",
     "resolve_importance",

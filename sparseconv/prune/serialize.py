@@ -2,7 +2,7 @@
 
 One ``.npz`` file (read with ``allow_pickle=False``) holds every ``state_dict`` tensor plus a
 JSON description: the model class and constructor arguments, the shrunk shape of every layer
-and the kind of each mask. :func:`load` builds the original architecture, resizes each layer to
+(with the kept kernel offsets of an offset-pruned conv) and the kind of each mask. :func:`load` builds the original architecture, resizes each layer to
 the recorded shapes, re-attaches the masks and loads the tensors -- no code is unpickled, so a
 file from an untrusted source cannot run anything.
 """
@@ -29,6 +29,8 @@ def _layer_shapes(model: nn.Module) -> dict[str, dict]:
     for name, m in model.named_modules():
         if isinstance(m, snn.Conv3d):
             shapes[name] = {"in": m.in_channels, "out": m.out_channels}
+            if m.kept_offsets is not None:
+                shapes[name]["offsets"] = list(m.offsets())
         elif isinstance(m, nn.Linear):
             shapes[name] = {"in": m.in_features, "out": m.out_features}
         elif isinstance(m, nn.BatchNorm1d):
@@ -68,7 +70,11 @@ def _resize(model: nn.Module, shapes: dict[str, dict]) -> None:
             raise ValueError(f"saved layer {name!r} does not exist in the rebuilt model")
         if isinstance(m, snn.Conv3d):
             m.in_channels, m.out_channels = s["in"], s["out"]
-            m.weight = nn.Parameter(m.weight.new_empty(m.weight.shape[0], s["in"], s["out"]))
+            rows = m.weight.shape[0]
+            if "offsets" in s:  # kernel-offset pruned: the kept offsets, then a smaller weight
+                m.keep_offsets(s["offsets"])
+                rows = len(s["offsets"])
+            m.weight = nn.Parameter(m.weight.new_empty(rows, s["in"], s["out"]))
             if m.bias is not None:
                 m.bias = nn.Parameter(m.bias.new_empty(s["out"]))
         elif isinstance(m, nn.Linear):

@@ -1,0 +1,228 @@
+"""Kernel-offset pruning: remove whole kernel offsets of sparse convs.
+
+The "kernel-level" granularity of the pruning literature, mapped to sparse convolution: a 3x3x3
+conv keeps a subset of its 27 offsets, its weight becomes ``[K', Cin, Cout]`` and its kernel map
+is restricted to those offsets (``Conv3d.keep_offsets``), so every dataflow gathers, multiplies
+and stores less. The centre offset is always kept. Layers that share one map (all submanifold
+convs of a stage) may keep different offsets: each filters the shared map.
+
+Importance of offset ``k`` of a layer:
+
+* ``"norm"``: ``||W[k]||_2``;
+* ``"work"``: ``||W[k]||_2 * pairs(k)``, weight norm times the number of input/output pairs the
+  offset has on the example (an offset that rarely finds a neighbour contributes little);
+* ``"taylor"``: ``sum_batches |<W[k], dL/dW[k]>|``, first-order Taylor (needs ``batches``
+  and ``loss_fn``).
+
+``scope="layer"`` removes ``ratio`` of each layer's non-centre offsets; ``"global"`` ranks every
+layer's non-centre offsets together (scores divided by their layer's mean, so layers of
+different scale compare), keeping at least the centre everywhere. ``pattern="cross"`` (centre +
+6 face neighbours) or ``"shell19"`` (+ the 12 edge neighbours) keeps a fixed pattern instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sparseconv import nn as snn
+from sparseconv.prune.importance import LossFn, Taylor
+from sparseconv.prune.tracing import layer_inputs
+
+IMPORTANCES = ("norm", "work", "taylor")
+PATTERNS = ("cross", "shell19")
+
+
+@dataclass
+class OffsetReport:
+    """What :func:`offset_prune` did: kept offsets and pair counts per layer."""
+
+    kept: dict[str, list[int]] = field(default_factory=dict)
+    volume: dict[str, int] = field(default_factory=dict)
+    pairs_before: dict[str, int] = field(default_factory=dict)
+    pairs_after: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pair_ratio(self) -> float:
+        """Pairs left over pairs before, over every pruned layer (the gather/GEMM work)."""
+        before = sum(self.pairs_before.values())
+        return sum(self.pairs_after.values()) / before if before else 1.0
+
+
+def prunable_offset_layers(model: nn.Module) -> dict[str, snn.Conv3d]:
+    """Convs with a centre offset (every kernel dimension odd) and more than one offset."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, snn.Conv3d)
+        and math.prod(m.kernel_size) > 1
+        and all(k % 2 == 1 for k in m.kernel_size)
+    }
+
+
+def centre_index(kernel_size: tuple[int, int, int]) -> int:
+    """The weight row of the kernel centre (x-major, z fastest)."""
+    kx, ky, kz = kernel_size
+    return (kx // 2) * ky * kz + (ky // 2) * kz + kz // 2
+
+
+def pattern_offsets(kernel_size: tuple[int, int, int], pattern: str) -> list[int]:
+    """Indices of a fixed pattern: ``"cross"`` (centre and the 6 face neighbours) or
+    ``"shell19"`` (those and the 12 edge neighbours), for any odd kernel."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    limit = 1 if pattern == "cross" else 2
+    centre = [k // 2 for k in kernel_size]
+    kept = []
+    for i, idx in enumerate(itertools.product(*(range(k) for k in kernel_size))):
+        delta = [abs(a - c) for a, c in zip(idx, centre)]
+        if max(delta) <= 1 and sum(delta) <= limit:
+            kept.append(i)
+    return kept
+
+
+def offset_prune(
+    model: nn.Module,
+    example,
+    ratio: float = 1 / 3,
+    importance: str = "norm",
+    scope: str = "layer",
+    pattern: str | None = None,
+    batches: Iterable | None = None,
+    loss_fn: LossFn | None = None,
+    layers: Iterable[str] | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, OffsetReport]:
+    """A copy of ``model`` (or ``model`` itself with ``inplace``) whose prunable convs keep
+    ``1 - ratio`` of their non-centre offsets, and the report. Checks everything before
+    changing anything: a refused call leaves the model as it was."""
+    targets = _targets(model, layers)
+    _check_arguments(ratio, importance, scope, pattern, batches, loss_fn)
+    pairs = _pairs_per_offset(model, example, targets)
+    if pattern is not None:
+        kept = {n: pattern_offsets(m.kernel_size, pattern) for n, m in targets.items()}
+        kept = {n: [k for k in ks if k in _current(targets[n])] for n, ks in kept.items()}
+    else:
+        scores = _scores(model, targets, importance, pairs, batches, loss_fn)
+        kept = _choose(targets, scores, ratio, scope)
+    if not inplace:
+        model = copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    report = OffsetReport()
+    for name, keep in kept.items():
+        layer = modules[name]
+        before = _current(layer)
+        report.pairs_before[name] = sum(pairs[name][before.index(k)] for k in before)
+        report.pairs_after[name] = sum(pairs[name][before.index(k)] for k in keep)
+        layer.keep_offsets(keep)
+        report.kept[name] = list(keep)
+        report.volume[name] = math.prod(layer.kernel_size)
+    return model, report
+
+
+def zero_offsets(model: nn.Module, kept: dict[str, list[int]]) -> None:
+    """Zero the weight rows of the offsets :func:`offset_prune` would remove (for checks that
+    removal is lossless), leaving shapes alone."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, keep in kept.items():
+            layer = modules[name]
+            for row, k in enumerate(_current(layer)):
+                if k not in keep:
+                    layer.weight[row].zero_()
+
+
+def _current(layer: snn.Conv3d) -> list[int]:
+    kept = layer.offsets()
+    return list(range(math.prod(layer.kernel_size))) if kept is None else list(kept)
+
+
+def _targets(model: nn.Module, layers) -> dict[str, snn.Conv3d]:
+    targets = prunable_offset_layers(model)
+    if layers is not None:
+        layers = list(layers)
+        unknown = [n for n in layers if n not in targets]
+        if unknown:
+            raise ValueError(
+                f"layers {unknown} are not prunable convs (odd kernel, more than one offset); "
+                f"prunable: {sorted(targets)[:8]}{' ...' if len(targets) > 8 else ''}"
+            )
+        targets = {n: targets[n] for n in layers}
+    if not targets:
+        raise ValueError("the model has no conv with a centre offset to prune (odd kernel > 1)")
+    return targets
+
+
+def _check_arguments(ratio, importance, scope, pattern, batches, loss_fn) -> None:
+    if pattern is None:
+        if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise ValueError(
+                f"ratio must be in [0, 1): the fraction of non-centre offsets removed (1 would "
+                f"leave only the centre, a 1x1x1 conv), got {ratio!r}"
+            )
+        if importance not in IMPORTANCES:
+            raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
+        if scope not in ("layer", "global"):
+            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+        if importance == "taylor" and (batches is None or loss_fn is None):
+            raise ValueError("importance='taylor' needs batches and loss_fn")
+
+
+def _pairs_per_offset(model, example, targets) -> dict[str, list[int]]:
+    """Pairs of each kept offset of every target on ``example`` (one forward pass)."""
+    inputs = layer_inputs(model, example, targets)
+    pairs = {}
+    for name, layer in targets.items():
+        with torch.no_grad():
+            kmap = layer.kernel_map(inputs[name])
+        pairs[name] = [int(v) for v in (kmap.nbmap >= 0).sum(0).tolist()]
+    return pairs
+
+
+def _scores(model, targets, importance, pairs, batches, loss_fn) -> dict[str, torch.Tensor]:
+    norms = {n: m.weight.detach().double().flatten(1).norm(dim=1) for n, m in targets.items()}
+    if importance == "norm":
+        return norms
+    if importance == "work":
+        return {n: norms[n] * torch.tensor(pairs[n], dtype=torch.float64) for n in targets}
+    taylor = Taylor(loss_fn, batches)
+    taylor.ensure(model)  # sum over batches of g * w per weight, keyed by layer name
+    return {n: taylor.stats[n].double().flatten(1).sum(1).abs() for n in targets}
+
+
+def _choose(targets, scores, ratio: float, scope: str) -> dict[str, list[int]]:
+    candidates = []  # (normalised score, layer, offset)
+    for name, layer in targets.items():
+        current = _current(layer)
+        centre = centre_index(layer.kernel_size)
+        s = scores[name]
+        rest = [(float(s[row]), k) for row, k in enumerate(current) if k != centre]
+        mean = sum(v for v, _ in rest) / len(rest) if rest else 1.0
+        candidates += [(v / (mean or 1.0), name, k) for v, k in rest]
+    removed: set[tuple[str, int]] = set()
+    if scope == "global":
+        count = int(round(ratio * len(candidates)))
+        removed = {(n, k) for _, n, k in sorted(candidates)[:count]}
+    else:
+        for name in targets:
+            mine = sorted((v, k) for v, n, k in candidates if n == name)
+            removed |= {(name, k) for _, k in mine[: int(round(ratio * len(mine)))]}
+    return {n: [k for k in _current(m) if (n, k) not in removed] for n, m in targets.items()}
+
+
+__all__ = [
+    "IMPORTANCES",
+    "PATTERNS",
+    "OffsetReport",
+    "centre_index",
+    "offset_prune",
+    "pattern_offsets",
+    "prunable_offset_layers",
+    "zero_offsets",
+]

@@ -1,0 +1,188 @@
+"""Kernel-offset pruning: lossless removal, filtered maps, presets, scopes, saving, bad input."""
+
+import copy
+
+import pytest
+import torch
+
+import sparseconv as sc
+from sparseconv.prune.offset import centre_index, prunable_offset_layers
+
+
+def _scan(n=3000, extent=30, seed=0) -> sc.SparseTensor:
+    g = torch.Generator().manual_seed(seed)
+    xyz = torch.unique(torch.randint(0, extent, (n, 3), generator=g), dim=0)
+    coords = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.long), xyz], 1).int()
+    return sc.SparseTensor(torch.randn(len(coords), 4, generator=g), coords)
+
+
+def _fresh(x: sc.SparseTensor) -> sc.SparseTensor:
+    return sc.SparseTensor(x.feats, x.coords)
+
+
+class UserNet(torch.nn.Module):
+    """Not one of sparseconv's models: a k5 stem, a dilated k3, a strided k3 with padding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = sc.nn.Conv3d(4, 8, 5)
+        self.b = sc.nn.Conv3d(8, 8, 3, dilation=2)
+        self.c = sc.nn.Conv3d(8, 6, 3, stride=2, padding=1, downsample_mode="spconv")
+        self.d = sc.nn.Conv3d(6, 8, 3, stride=2, padding=1, downsample_mode="spconv",
+                              transposed=True)  # fmt: skip
+
+    def forward(self, x):
+        return self.d(self.c(self.b(self.a(x)))).feats
+
+
+def _lossless(model, example, **kwargs):
+    model.eval()
+    pruned, report = sc.prune.offset_prune(model, example, **kwargs)
+    zeroed = copy.deepcopy(model)
+    sc.prune.zero_offsets(zeroed, report.kept)
+    with torch.no_grad():
+        want = sc.prune.tracing.call_model(zeroed, _copy(example))
+        got = sc.prune.tracing.call_model(pruned, _copy(example))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    return pruned, report
+
+
+def _copy(example):
+    if isinstance(example, tuple):
+        return (_fresh(example[0]), *example[1:])
+    return _fresh(example)
+
+
+@pytest.mark.parametrize("importance", ["norm", "work"])
+def test_removing_zeroed_offsets_is_lossless_on_minkunet(importance):
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25)
+    x = _scan()
+    pruned, report = _lossless(net, x, ratio=1 / 3, importance=importance)
+    for name, layer in prunable_offset_layers(pruned).items():
+        assert len(layer.offsets()) == 27 - round(26 / 3), name  # 9 of 26 non-centre removed
+        assert centre_index(layer.kernel_size) in layer.offsets()
+        assert layer.weight.shape[0] == len(layer.offsets())
+    assert 0.5 < report.pair_ratio < 0.9
+
+
+def test_lossless_on_spvcnn_and_a_user_network():
+    torch.manual_seed(0)
+    points = torch.rand(4000, 3) * 2
+    x, _ = sc.voxelize(points, 0.05, torch.randn(4000, 4))
+    example = (x, torch.cat([torch.zeros(4000, 1), points], 1), 0.05)
+    _lossless(sc.models.SPVCNN(4, 5, width=0.25), example, ratio=0.5, importance="norm")
+    _, report = _lossless(UserNet(), _scan(extent=20), ratio=0.4, scope="global")
+    assert set(report.kept) == {"a", "b", "c", "d"}
+
+
+def test_the_filtered_map_has_exactly_the_kept_offsets_pairs():
+    torch.manual_seed(0)
+    layer = sc.nn.Conv3d(4, 4, 3)
+    x = _scan(extent=16)
+    full = layer.kernel_map(x)
+    layer.keep_offsets([0, 4, 13, 22, 26])
+    kept = layer.kernel_map(_fresh(x))
+    assert kept.kernel_volume == 5 and not kept.submanifold
+    assert torch.equal(kept.nbmap, full.nbmap[:, [0, 4, 13, 22, 26]])
+    for i, k in enumerate([0, 4, 13, 22, 26]):
+        assert torch.equal(torch.stack(kept.pairs(i)), torch.stack(full.pairs(k)))
+    y = layer(_fresh(x))  # every dataflow through the same filtered map
+    for flow in ("torch", "cpu_implicit_gemm"):
+        if flow in sc.functional.DATAFLOWS and not sc.functional.DATAFLOWS[flow].unsupported(
+            x.feats
+        ):
+            z = sc.functional.conv3d(_fresh(x), layer.weight, kernel_size=3, dataflow=flow,
+                                     offsets=layer.offsets())  # fmt: skip
+            torch.testing.assert_close(z.feats, y.feats, rtol=1e-5, atol=1e-6)
+
+
+def test_patterns_and_global_scope():
+    assert sc.prune.pattern_offsets((3, 3, 3), "cross") == [4, 10, 12, 13, 14, 16, 22]
+    assert len(sc.prune.pattern_offsets((3, 3, 3), "shell19")) == 19
+    assert sc.prune.pattern_offsets((5, 5, 5), "cross")[3] == 62  # a k5 centre: row 62
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25)
+    pruned, _ = sc.prune.offset_prune(net, _scan(), pattern="cross")
+    assert all(len(m.offsets()) == 7 for m in prunable_offset_layers(pruned).values())
+    pruned, report = sc.prune.offset_prune(net, _scan(), ratio=0.5, scope="global")
+    removed = sum(report.volume[n] - len(k) for n, k in report.kept.items())
+    assert removed == round(0.5 * 26 * len(report.kept))
+    assert len({len(k) for k in report.kept.values()}) > 1  # layers pruned differently
+
+
+def test_taylor_importance_and_a_second_prune():
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25)
+    x = _scan()
+    labels = torch.randint(0, 5, (len(x.coords),))
+
+    def loss_fn(model, batch):
+        return torch.nn.functional.cross_entropy(model(_fresh(batch)), labels)
+
+    once, _ = sc.prune.offset_prune(net, x, 0.25, "taylor", batches=[x], loss_fn=loss_fn)
+    twice, report = sc.prune.offset_prune(once, _scan(), 0.25, "norm")
+    layer = twice.stem[0][0]
+    assert len(layer.offsets()) < len(once.stem[0][0].offsets()) < 27
+    assert set(layer.offsets()) <= set(once.stem[0][0].offsets())
+
+
+def test_saved_and_reloaded_gives_the_same_outputs(tmp_path):
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25).eval()
+    pruned, _ = sc.prune.offset_prune(net, _scan(), ratio=1 / 3)
+    sc.prune.save(pruned, tmp_path / "p.npz")
+    again = sc.prune.load(tmp_path / "p.npz").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(_scan()), pruned(_scan()))
+    assert "offsets=18/27" in repr(again.stem[0][0])
+
+
+def test_a_compiled_offset_pruned_network_equals_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25).eval()
+    pruned, _ = sc.prune.offset_prune(net, _scan(), ratio=1 / 3)
+    compiled = torch.compile(pruned, dynamic=True, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(_scan(seed=3)), pruned(_scan(seed=3)))
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(ratio=1.0), r"ratio must be in \[0, 1\)"),
+        (dict(ratio=-0.1), r"ratio must be in \[0, 1\)"),
+        (dict(importance="fame"), "importance must be one of"),
+        (dict(importance="taylor"), "needs batches and loss_fn"),
+        (dict(scope="world"), "scope must be"),
+        (dict(layers=["nope"]), r"layers \['nope'\] are not prunable"),
+        (dict(pattern="star"), "pattern must be one of"),
+    ],
+)
+def test_bad_input_leaves_the_model_untouched(kwargs, match):
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25)
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(ValueError, match=match):
+        sc.prune.offset_prune(net, _scan(), inplace=True, **kwargs)
+    after = net.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bad_offset_lists():
+    layer = sc.nn.Conv3d(4, 4, 3)
+    with pytest.raises(ValueError, match="distinct indices below 27"):
+        layer.keep_offsets([0, 27])
+    with pytest.raises(ValueError, match="distinct indices below 27"):
+        layer.keep_offsets([])
+    layer.keep_offsets([1, 13])
+    with pytest.raises(ValueError, match="removed already"):
+        layer.keep_offsets([0, 13])
+    with pytest.raises(ValueError, match="2 kernel offsets but the kernel .* has 3"):
+        sc.functional.conv3d(_scan(extent=8), layer.weight, kernel_size=3, offsets=(1, 13, 14))
+    with pytest.raises(ValueError, match="offsets must be a non-empty list"):
+        sc.functional.conv3d(_scan(extent=8), layer.weight, kernel_size=3, offsets=(1, 40))
+    with pytest.raises(ValueError, match="no conv with a centre offset"):
+        sc.prune.offset_prune(sc.nn.Sequential(sc.nn.Conv3d(4, 4, 2, stride=2)), _scan(), 0.3)
