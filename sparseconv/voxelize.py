@@ -140,7 +140,7 @@ def devoxelize(
     return _trilinear(x, points, voxel_size)
 
 
-def _lookup(x: SparseTensor):
+def row_lookup(x: SparseTensor):
     """Query function ``keys -> row of x`` (-1 where absent): the C hash table on CPU, else the
     cached torch / Triton table of ``x``'s stride."""
     keys = coord_keys.pack(x.coords)
@@ -162,7 +162,7 @@ def _trilinear(x: SparseTensor, points: torch.Tensor, voxel_size) -> torch.Tenso
     pos = xyz / (vs * stride) - 0.5
     base = torch.floor(pos)
     frac = pos - base
-    table = _lookup(x)
+    table = row_lookup(x)
     out = x.feats.new_zeros((points.shape[0], x.feats.shape[1]))
     wsum = torch.zeros(points.shape[0], dtype=x.feats.dtype, device=points.device)
     for corner in range(8):
@@ -194,7 +194,7 @@ def points_to_voxels(
     stride = torch.tensor(x.stride, dtype=torch.long, device=points.device)
     cell = torch.div(torch.floor(points[:, 1:] / vs).long(), stride, rounding_mode="floor") * stride
     coords = torch.cat([points[:, :1].long(), cell], 1).int()
-    idx = _lookup(x)(coord_keys.pack(coords)).long()
+    idx = row_lookup(x)(coord_keys.pack(coords)).long()
     # dense sums, no boolean-mask indexing (no data-dependent shape): a miss adds 0 to row 0
     hit = idx >= 0
     rows = idx.clamp(min=0)

@@ -36,6 +36,12 @@ DEFAULT_SPECS = (
     pruning.PruneSpec("nm", n=2, m=4, importance="l1"),
     pruning.PruneSpec("nm", n=2, m=4, importance="l1", keep_ends=True),
     pruning.PruneSpec("fine", sparsity=0.5, importance="l1"),
+    pruning.PruneSpec("offset", ratio=1 / 3, importance="norm"),
+    pruning.PruneSpec("offset", ratio=1 / 3, importance="work"),
+    pruning.PruneSpec("offset", pattern="cross"),
+    pruning.PruneSpec("voxel", keep=0.7),
+    pruning.parse_spec("channel:l2:0.4:8+offset:norm:0.33"),
+    pruning.parse_spec("channel:l2:0.4:8+offset:norm:0.33+voxel:0.7"),
 )
 
 
@@ -133,14 +139,28 @@ def table_rows(rows: list[dict]) -> list[dict]:
     ]
 
 
+def _pareto(ax, rows: list[dict], key: str) -> None:
+    """The front of variants no other is both faster (or cheaper) and more accurate than."""
+    scale = 1e9 if key == "macs" else 1.0
+    points = sorted((r[key] / scale, r["miou_finetuned"]) for r in rows)
+    front, best = [], float("-inf")
+    for x, y in points:
+        if y > best:
+            front.append((x, y))
+            best = y
+    ax.plot(*zip(*front), color="0.6", lw=1, zorder=0, label="Pareto front")
+
+
 def plot(rows: list[dict], path: Path) -> None:
     plt = pyplot("the pruning benchmark plot")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for ax, key, xlabel in (
         (axes[0], "macs", "GMACs per scan"),
         (axes[1], "cached_ms", "latency per scan, maps cached (ms)"),
+        (axes[2], "e2e_ms", "latency per scan, maps built per call (ms)"),
     ):
+        _pareto(ax, rows, key)
         for r in rows:
             x = r[key] / 1e9 if key == "macs" else r[key]
             ax.scatter(x, r["miou_finetuned"], s=30)
@@ -154,7 +174,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mIoU after fine-tuning (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle("pruned variants: accuracy vs cost")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("pruned variants: accuracy vs cost (uniform and random channel baselines)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -15,6 +15,7 @@ from torch import nn
 
 from sparseconv import nn as snn
 from sparseconv.models.blocks import ConvBlock, residual_stage
+from sparseconv.nn.voxel_prune import scatter_to
 from sparseconv.tensor import SparseTensor
 from sparseconv.utils.threads import run_inference_threads
 
@@ -77,7 +78,7 @@ class MinkUNet(nn.Module):
         return feats
 
     def decode_stage(self, j: int, y: SparseTensor, skip: SparseTensor) -> SparseTensor:
-        y = self.up[j](y)
+        y = scatter_to(self.up[j](y), skip)  # back on every skip voxel after voxel pruning
         return self.fuse[j](y.replace_feats(torch.cat([y.feats, skip.feats], 1)))
 
     def forward(self, x: SparseTensor) -> torch.Tensor:

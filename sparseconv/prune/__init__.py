@@ -16,9 +16,11 @@ from sparseconv.prune.channel import channel_prune, resolve_importance, zero_cha
 from sparseconv.prune.cost import count_macs
 from sparseconv.prune.graph import DependencyGraph
 from sparseconv.prune.importance import (
+    FPGM,
     SNIP,
     APoZ,
     BNScale,
+    GraSP,
     Hessian,
     Importance,
     Magnitude,
@@ -38,10 +40,17 @@ from sparseconv.prune.masks import (
 )
 from sparseconv.prune.offset import OffsetReport, offset_prune, pattern_offsets, zero_offsets
 from sparseconv.prune.reconstruction import Reconstruction
+from sparseconv.prune.regularizers import (
+    add_l0_gates,
+    group_lasso_penalty,
+    l0_penalty,
+    prune_closed_gates,
+)
 from sparseconv.prune.schedule import (
     FINETUNE_LR_FACTOR,
     GradualPruner,
     LotteryTicket,
+    SoftFilterPruner,
     cubic_sparsity,
     finetune_lr,
     iterative_channel_prune,
@@ -49,6 +58,7 @@ from sparseconv.prune.schedule import (
 from sparseconv.prune.search import Sensitivity, netadapt, sensitivity_scan
 from sparseconv.prune.serialize import load, save
 from sparseconv.prune.shrink import remove_channels
+from sparseconv.prune.voxel import voxel_counts, voxel_prune
 
 __all__ = [
     "AccelerationReport",
@@ -56,6 +66,13 @@ __all__ = [
     "FINETUNE_LR_FACTOR",
     "GradualPruner",
     "LotteryTicket",
+    "SoftFilterPruner",
+    "FPGM",
+    "GraSP",
+    "add_l0_gates",
+    "group_lasso_penalty",
+    "l0_penalty",
+    "prune_closed_gates",
     "Sensitivity",
     "count_macs",
     "cubic_sparsity",
@@ -91,5 +108,7 @@ __all__ = [
     "remove_mask",
     "resolve_importance",
     "save",
+    "voxel_counts",
+    "voxel_prune",
     "zero_channels",
 ]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sparseconv.prune.graph import DependencyGraph, Group
-from sparseconv.prune.importance import BNScale, Importance, Magnitude, Random, Uniform
+from sparseconv.prune.importance import FPGM, BNScale, Importance, Magnitude, Random, Uniform
 from sparseconv.prune.shrink import remove_channels
 from sparseconv.prune.tracing import check_patterns, name_matches
 
@@ -24,14 +24,15 @@ _BY_NAME = {
     "l1": lambda: Magnitude(1.0),
     "l2": lambda: Magnitude(2.0),
     "bn_scale": BNScale,
+    "fpgm": FPGM,
     "random": Random,
     "uniform": Uniform,
 }
 
 
 def resolve_importance(importance: str | Importance) -> Importance:
-    """An :class:`Importance`; names ``l1``, ``l2``, ``lp`` (e.g. ``l3``), ``bn_scale``, ``random``,
-    ``uniform``. Data-driven criteria (Taylor, Hessian, SNIP, APoZ, Reconstruction) are passed as
+    """An :class:`Importance`; names ``l1``, ``l2``, ``lp`` (e.g. ``l3``), ``bn_scale``, ``fpgm``,
+    ``random``, ``uniform``. Data-driven criteria (Taylor, Hessian, SNIP, APoZ, Reconstruction) are passed as
     objects because they need calibration batches."""
     if isinstance(importance, Importance):
         return importance
@@ -156,8 +157,9 @@ def channel_prune(
     return target
 
 
-def zero_channels(graph: DependencyGraph, classes: set[int]) -> None:
-    """Zero the weights and norm parameters of channel classes without removing them.
+def zero_channels(graph: DependencyGraph, classes: set[int], norms: bool = True) -> None:
+    """Zero the weights and (unless ``norms=False``) norm parameters of channel classes without
+    removing them.
 
     With the producers' outputs and biases and the norms' gamma and beta zeroed, the channels
     carry exactly zero, so removing them afterwards must not change the network's output: the
@@ -172,7 +174,7 @@ def zero_channels(graph: DependencyGraph, classes: set[int]) -> None:
                 m.weight.index_fill_(axis, idx, 0.0)
                 if m.bias is not None:
                     m.bias.index_fill_(0, idx, 0.0)
-        for name, cl in graph.layer_classes["norms"].items():
+        for name, cl in graph.layer_classes["norms"].items() if norms else ():
             m = graph.modules[name]
             idx = torch.tensor([i for i, c in enumerate(cl) if c in classes], dtype=torch.long)
             if len(idx):

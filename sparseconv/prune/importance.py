@@ -55,13 +55,28 @@ class Importance:
     def _sum_producers(
         self, graph: DependencyGraph, scores: dict[str, torch.Tensor], post=None
     ) -> torch.Tensor:
-        out = torch.zeros(len(graph.classes), dtype=torch.float64)
-        for name, classes in graph.layer_classes["producers"].items():
+        per_channel = {}
+        for name in graph.layer_classes["producers"]:
             per = per_output_channel(graph.modules[name], scores[name].double())
-            if post is not None:
-                per = post(per)
-            out.index_add_(0, torch.tensor(classes), per.cpu())
-        return out
+            per_channel[name] = post(per) if post is not None else per
+        return sum_channel_scores(graph, per_channel)
+
+
+def sum_channel_scores(
+    graph: DependencyGraph, per_channel: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Class scores: every producer's per-output-channel scores added into its channels' classes."""
+    out = torch.zeros(len(graph.classes), dtype=torch.float64)
+    for name, classes in graph.layer_classes["producers"].items():
+        out.index_add_(0, torch.tensor(classes), per_channel[name].double().cpu())
+    return out
+
+
+def filters(module: nn.Module) -> torch.Tensor:
+    """``[Cout, everything else]``: one row per output channel (a filter) of a producer."""
+    w = module.weight.detach()
+    axis = out_axis(module)
+    return w.transpose(0, axis).reshape(w.shape[axis], -1)
 
 
 class Magnitude(Importance):
@@ -123,6 +138,25 @@ def bn_l1_penalty(model: nn.Module, strength: float) -> torch.Tensor:
         if isinstance(m, nn.BatchNorm1d) and m.weight is not None
     ]
     return strength * torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+class FPGM(Importance):
+    """Filter pruning via the geometric median (He et al. 2019): a filter close to the geometric
+    median of its layer's filters is replaceable by the others, whatever its norm.
+
+    A filter's score is the sum of its Euclidean distances to the layer's other filters (the
+    paper's approximation of the distance to the median): the smallest sums are removed first.
+    """
+
+    name = "fpgm"
+    per_weight = False
+
+    def channel_scores(self, graph: DependencyGraph) -> torch.Tensor:
+        per_channel = {}
+        for name in graph.layer_classes["producers"]:
+            rows = filters(graph.modules[name]).double()
+            per_channel[name] = torch.cdist(rows[None], rows[None])[0].sum(1)
+        return sum_channel_scores(graph, per_channel)
 
 
 class Random(Importance):
@@ -298,3 +332,38 @@ class APoZ(Importance):
                 n_act.index_add_(0, idx, torch.ones(len(classes), dtype=torch.float64))
         self.apoz = torch.where(n_act > 0, apoz_sum / n_act.clamp(min=1), torch.zeros_like(n_act))
         return 1.0 - self.apoz
+
+
+class GraSP(_GradientCriterion):
+    """Gradient signal preservation at initialisation (Wang et al. 2020): keep the weights whose
+    removal would most reduce the gradient flow ``g^T g``.
+
+    GraSP scores ``S(w) = -w * (H g)`` (the Hessian-gradient product, by double
+    back-propagation over ``batches``) and removes the *highest* ``S``: removing those weights
+    reduces the gradient flow least. The score returned is ``-S = w * (H g)``, so that higher
+    means keep, as for every other criterion.
+    """
+
+    name = "grasp"
+
+    def accumulate(self, model: nn.Module, batch) -> None:
+        weights = prunable_weights(model)
+        names, params = list(weights), list(weights.values())
+        grads = torch.autograd.grad(self.loss_fn(model, batch), params, create_graph=True,
+                                    allow_unused=True)  # fmt: skip
+        pairs = [(g, p) for g, p in zip(grads, params) if g is not None]
+        flow = sum((g * g.detach()).sum() for g, _ in pairs)
+        hg = torch.autograd.grad(flow, [p for _, p in pairs], allow_unused=True)
+        used = [n for n, g in zip(names, grads) if g is not None]
+        for n, h in zip(used, hg):
+            if h is not None:
+                self._add(n, (weights[n] * h).detach())
+        self.n_batches += 1
+
+    def weight_scores(self, model):
+        self.ensure(model)
+        return dict(self.stats)
+
+    def channel_scores(self, graph):
+        self.ensure(graph.model)
+        return self._sum_producers(graph, self.stats)

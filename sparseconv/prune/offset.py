@@ -14,8 +14,9 @@ Importance of offset ``k`` of a layer:
 * ``"taylor"``: ``sum_batches |<W[k], dL/dW[k]>|``, first-order Taylor (needs ``batches``
   and ``loss_fn``).
 
-``scope="layer"`` removes ``ratio`` of each layer's non-centre offsets; ``"global"`` ranks every
-layer's non-centre offsets together (scores divided by their layer's mean, so layers of
+``scope="layer"`` removes ``ratio`` of each layer's non-centre offsets (by default one subset
+for all the layers on one map, ``share_maps``); ``"global"`` ranks every layer's non-centre
+offsets together (scores divided by their layer's mean, so layers of
 different scale compare), keeping at least the centre everywhere. ``pattern="cross"`` (centre +
 6 face neighbours) or ``"shell19"`` (+ the 12 edge neighbours) keeps a fixed pattern instead.
 """
@@ -97,20 +98,27 @@ def offset_prune(
     batches: Iterable | None = None,
     loss_fn: LossFn | None = None,
     layers: Iterable[str] | None = None,
+    share_maps: bool = True,
     inplace: bool = False,
 ) -> tuple[nn.Module, OffsetReport]:
     """A copy of ``model`` (or ``model`` itself with ``inplace``) whose prunable convs keep
-    ``1 - ratio`` of their non-centre offsets, and the report. Checks everything before
-    changing anything: a refused call leaves the model as it was."""
+    ``1 - ratio`` of their non-centre offsets, and the report. ``share_maps`` keeps one subset
+    for all layers on one kernel map (their scores summed): the restricted map is then derived
+    once per map, not once per layer, which is what makes pruning pay when maps are built per
+    scan; ``False`` lets each layer choose its own. Checks everything before changing anything:
+    a refused call leaves the model as it was."""
     targets = _targets(model, layers)
     _check_arguments(ratio, importance, scope, pattern, batches, loss_fn)
-    pairs = _pairs_per_offset(model, example, targets)
+    pairs, map_of = _pairs_per_offset(model, example, targets)
     if pattern is not None:
         kept = {n: pattern_offsets(m.kernel_size, pattern) for n, m in targets.items()}
         kept = {n: [k for k in ks if k in _current(targets[n])] for n, ks in kept.items()}
     else:
         scores = _scores(model, targets, importance, pairs, batches, loss_fn)
-        kept = _choose(targets, scores, ratio, scope)
+        units: dict[int, list[str]] = {}
+        for name in targets:
+            units.setdefault(map_of[name] if share_maps else id(name), []).append(name)
+        kept = _choose(targets, scores, ratio, scope, list(units.values()))
     if not inplace:
         model = copy.deepcopy(model)
     modules = dict(model.named_modules())
@@ -174,15 +182,18 @@ def _check_arguments(ratio, importance, scope, pattern, batches, loss_fn) -> Non
             raise ValueError("importance='taylor' needs batches and loss_fn")
 
 
-def _pairs_per_offset(model, example, targets) -> dict[str, list[int]]:
-    """Pairs of each kept offset of every target on ``example`` (one forward pass)."""
+def _pairs_per_offset(model, example, targets) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Pairs of each kept offset of every target on ``example`` (one forward pass), and which
+    map each layer uses (layers on the same cached map get the same id)."""
     inputs = layer_inputs(model, example, targets)
-    pairs = {}
+    pairs, map_of, maps = {}, {}, []
     for name, layer in targets.items():
         with torch.no_grad():
             kmap = layer.kernel_map(inputs[name])
+        maps.append(kmap)  # held, so that no id is reused while grouping
         pairs[name] = [int(v) for v in (kmap.nbmap >= 0).sum(0).tolist()]
-    return pairs
+        map_of[name] = id(kmap)
+    return pairs, map_of
 
 
 def _scores(model, targets, importance, pairs, batches, loss_fn) -> dict[str, torch.Tensor]:
@@ -196,24 +207,35 @@ def _scores(model, targets, importance, pairs, batches, loss_fn) -> dict[str, to
     return {n: taylor.stats[n].double().flatten(1).sum(1).abs() for n in targets}
 
 
-def _choose(targets, scores, ratio: float, scope: str) -> dict[str, list[int]]:
-    candidates = []  # (normalised score, layer, offset)
-    for name, layer in targets.items():
-        current = _current(layer)
-        centre = centre_index(layer.kernel_size)
-        s = scores[name]
-        rest = [(float(s[row]), k) for row, k in enumerate(current) if k != centre]
-        mean = sum(v for v, _ in rest) / len(rest) if rest else 1.0
-        candidates += [(v / (mean or 1.0), name, k) for v, k in rest]
-    removed: set[tuple[str, int]] = set()
+def _choose(targets, scores, ratio: float, scope: str, units: list[list[str]]):
+    """Offsets removed per unit (a layer, or the layers sharing one map, which have the same
+    kept offsets): each layer's scores divided by their mean, summed over the unit."""
+    candidates = []  # (score, unit index, offset)
+    for u, names in enumerate(units):
+        first = targets[names[0]]
+        centre = centre_index(first.kernel_size)
+        total: dict[int, float] = {}
+        for name in names:
+            s = scores[name]
+            rest = [(float(s[row]), k) for row, k in enumerate(_current(targets[name]))
+                    if k != centre]  # fmt: skip
+            mean = sum(v for v, _ in rest) / len(rest) if rest else 1.0
+            for v, k in rest:
+                total[k] = total.get(k, 0.0) + v / (mean or 1.0) / len(names)
+        candidates += [(v, u, k) for k, v in total.items()]
+    removed: set[tuple[int, int]] = set()
     if scope == "global":
         count = int(round(ratio * len(candidates)))
-        removed = {(n, k) for _, n, k in sorted(candidates)[:count]}
+        removed = {(u, k) for _, u, k in sorted(candidates)[:count]}
     else:
-        for name in targets:
-            mine = sorted((v, k) for v, n, k in candidates if n == name)
-            removed |= {(name, k) for _, k in mine[: int(round(ratio * len(mine)))]}
-    return {n: [k for k in _current(m) if (n, k) not in removed] for n, m in targets.items()}
+        for u in range(len(units)):
+            mine = sorted((v, k) for v, w, k in candidates if w == u)
+            removed |= {(u, k) for _, k in mine[: int(round(ratio * len(mine)))]}
+    return {
+        name: [k for k in _current(targets[name]) if (u, k) not in removed]
+        for u, names in enumerate(units)
+        for name in names
+    }
 
 
 __all__ = [

@@ -1,5 +1,5 @@
 """When and how much to prune: gradual (cubic) schedules, iterative channel pruning with
-fine-tuning, and lottery-ticket rewinding.
+fine-tuning, soft filter pruning, and lottery-ticket rewinding.
 
 Fine-tuning after pruning runs at a tenth of the training learning rate
 (:data:`FINETUNE_LR_FACTOR`), the usual choice since Han et al. 2015: the pruned network starts
@@ -13,8 +13,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sparseconv.prune.channel import channel_prune, check_ratio
+from sparseconv.prune.channel import (
+    channel_prune,
+    check_ratio,
+    plan_per_group,
+    resolve_importance,
+    zero_channels,
+)
+from sparseconv.prune.graph import DependencyGraph
 from sparseconv.prune.masks import fine_grained_prune, masked_layers, set_mask
+from sparseconv.prune.shrink import remove_channels
 
 FINETUNE_LR_FACTOR = 0.1
 
@@ -130,4 +138,41 @@ class LotteryTicket:
         self.model.load_state_dict(self.snapshot, strict=False)
         for n, (mask, kind) in masks.items():
             set_mask(self.model.get_submodule(n), mask, kind)
+        return self.model
+
+
+class SoftFilterPruner:
+    """Soft filter pruning (He et al. 2018): every ``step()`` (once per epoch in the paper)
+    zeroes the ``ratio`` lowest-scoring channels of each group but leaves them in the network,
+    so training may bring them back; :meth:`finalize` zeroes by the final scores and removes
+    those channels for good.
+
+    Zeroed channels score lowest at the next step unless training revived them, so the chosen
+    set settles as training goes on.
+    """
+
+    def __init__(self, model: nn.Module, example, ratio: float, importance="l2") -> None:
+        check_ratio(ratio)
+        self.model, self.example, self.ratio = model, example, ratio
+        self.importance = resolve_importance(importance)
+        self.zeroed: set[int] = set()
+
+    def _choose(self) -> tuple[DependencyGraph, set[int]]:
+        graph = DependencyGraph(self.model, self.example)
+        scores = self.importance.channel_scores(graph)
+        return graph, plan_per_group(graph.prunable_groups(), scores, self.ratio, None, 1, 1)
+
+    def step(self) -> set[int]:
+        """Zero the currently lowest channels' filters (not their norms: a zero filter behind a
+        live norm still gets gradients and may recover); returns their class indices."""
+        graph, chosen = self._choose()
+        zero_channels(graph, chosen, norms=False)
+        self.zeroed = chosen
+        return chosen
+
+    def finalize(self) -> nn.Module:
+        """Remove the channels the final scores choose (the model changes in place)."""
+        graph, chosen = self._choose()
+        zero_channels(graph, chosen)
+        remove_channels(graph, chosen)
         return self.model

@@ -20,7 +20,7 @@ from sparseconv.train.checkpoint import load_latest
 from sparseconv.train.config import TrainConfig, load_config
 from sparseconv.train.trainer import Trainer, build_datasets, build_model, evaluate, pick_device
 
-METHODS = ("dense", "channel", "nm", "fine")
+METHODS = ("dense", "channel", "nm", "fine", "offset", "voxel", "combined")
 
 
 @dataclass
@@ -36,6 +36,9 @@ class PruneSpec:
     m: int = 4
     keep_ends: bool = False  # nm: first and last prunable layers stay dense
     sparsity: float = 0.5  # fine-grained
+    pattern: str | None = None  # offset: a fixed pattern (cross, shell19) instead of a ratio
+    keep: float = 0.7  # voxel: fraction of voxels kept before every strided conv
+    parts: list = field(default_factory=list)  # combined: specs applied in order
     label: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -49,6 +52,11 @@ class PruneSpec:
                 "nm": f"{self.n}:{self.m} {self.importance}"
                 + (" ends dense" if self.keep_ends else ""),
                 "fine": f"fine {self.importance} {self.sparsity:g}",
+                "offset": f"offset {self.pattern}"
+                if self.pattern
+                else f"offset {self.importance} {self.ratio:.2g}",
+                "voxel": f"voxel keep {self.keep:g}",
+                "combined": " + ".join(p.label for p in self.parts),
             }[self.method]
 
 
@@ -88,7 +96,20 @@ def apply(spec: PruneSpec, model: nn.Module, example) -> tuple[nn.Module, dict]:
     """A pruned copy of ``model`` and what was done to it."""
     model = copy.deepcopy(model)
     info: dict = {"label": spec.label, "method": spec.method}
-    if spec.method == "channel":
+    if spec.method == "combined":
+        for part in spec.parts:
+            model, _ = apply(part, model, example)
+    elif spec.method == "offset":
+        model, report = prune.offset_prune(model, example, spec.ratio, spec.importance,
+                                           pattern=spec.pattern, inplace=True)  # fmt: skip
+        info["pair_ratio"] = report.pair_ratio
+    elif spec.method == "voxel":
+        model = prune.voxel_prune(model, spec.keep, inplace=True)
+        counts = prune.voxel_counts(model, example)
+        info["voxels_kept"] = sum(k for _, k in counts.values()) / max(
+            1, sum(n for n, _ in counts.values())
+        )
+    elif spec.method == "channel":
         model = prune.channel_prune(
             model, example, spec.ratio, spec.importance, global_ranking=spec.global_ranking,
             round_to=spec.round_to, inplace=True,
@@ -129,10 +150,27 @@ def first_batch(dataset: datasets.ScanDataset, device: torch.device) -> datasets
 
 def parse_spec(text: str) -> PruneSpec:
     """``dense``, ``channel:<importance>:<ratio>[:<round_to>]``, ``nm:<n>:<m>[:ends]``,
-    ``fine:<importance>:<sparsity>`` (``ends``: first and last layers stay dense; ``round_to``:
-    kept widths are multiples of it, e.g. 8 for whole SIMD vectors of float32)."""
+    ``fine:<importance>:<sparsity>``, ``offset:<importance>:<ratio>`` or
+    ``offset:pattern:<cross|shell19>``, ``voxel:<keep>`` (the fraction of voxels each strided
+    conv keeps), and ``+`` between specs to apply several in order
+    (``ends``: first and last layers stay dense; ``round_to``: kept widths are multiples of
+    it, e.g. 8 for whole SIMD vectors of float32)."""
+    if "+" in text:
+        parts = [parse_spec(p) for p in text.split("+")]
+        if any(p.method in ("dense", "combined") for p in parts):
+            raise ValueError(f"bad variant {text!r}: combine pruning methods, not dense")
+        return PruneSpec("combined", parts=parts)
     parts = text.split(":")
     try:
+        if parts[0] == "voxel" and len(parts) == 2:
+            keep = float(parts[1])
+            if not 0 < keep <= 1:
+                raise ValueError
+            return PruneSpec("voxel", keep=keep)
+        if parts[0] == "offset" and len(parts) == 3:
+            if parts[1] == "pattern":
+                return PruneSpec("offset", pattern=parts[2])
+            return PruneSpec("offset", ratio=float(parts[2]), importance=parts[1])
         if parts[0] == "dense" and len(parts) == 1:
             return PruneSpec("dense")
         if parts[0] == "channel" and len(parts) in (3, 4):
@@ -151,6 +189,6 @@ def parse_spec(text: str) -> PruneSpec:
         pass
     raise ValueError(
         f"bad variant {text!r}: use dense, channel:<importance>:<ratio>[:<round_to>], "
-        "nm:<n>:<m>[:ends] or "
-        "fine:<importance>:<sparsity>"
+        "nm:<n>:<m>[:ends], fine:<importance>:<sparsity>, offset:<importance>:<ratio>, "
+        "offset:pattern:<cross|shell19>, voxel:<keep>, or several joined by +"
     )

@@ -105,7 +105,8 @@ def test_patterns_and_global_scope():
     net = sc.models.MinkUNet(4, 5, width=0.25)
     pruned, _ = sc.prune.offset_prune(net, _scan(), pattern="cross")
     assert all(len(m.offsets()) == 7 for m in prunable_offset_layers(pruned).values())
-    pruned, report = sc.prune.offset_prune(net, _scan(), ratio=0.5, scope="global")
+    pruned, report = sc.prune.offset_prune(net, _scan(), ratio=0.5, scope="global",
+                                           share_maps=False)  # fmt: skip
     removed = sum(report.volume[n] - len(k) for n, k in report.kept.items())
     assert removed == round(0.5 * 26 * len(report.kept))
     assert len({len(k) for k in report.kept.values()}) > 1  # layers pruned differently
@@ -186,3 +187,15 @@ def test_bad_offset_lists():
         sc.functional.conv3d(_scan(extent=8), layer.weight, kernel_size=3, offsets=(1, 40))
     with pytest.raises(ValueError, match="no conv with a centre offset"):
         sc.prune.offset_prune(sc.nn.Sequential(sc.nn.Conv3d(4, 4, 2, stride=2)), _scan(), 0.3)
+
+
+def test_layers_on_one_map_share_a_subset_unless_asked_not_to():
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25)
+    x = _scan()
+    _, shared = sc.prune.offset_prune(net, x, ratio=1 / 3)
+    _, own = sc.prune.offset_prune(net, _scan(), ratio=1 / 3, share_maps=False)
+    stage = [n for n in shared.kept if n.startswith("down.0.")]  # every k3 conv at stride 2
+    assert len(stage) >= 4
+    assert len({tuple(shared.kept[n]) for n in stage}) == 1
+    assert len({tuple(own.kept[n]) for n in stage}) > 1  # each chose its own, one shared map

@@ -96,7 +96,15 @@ def test_variant_parsing_errors():
     spec = parse_spec("channel:l2:0.4:8")
     assert (spec.ratio, spec.round_to, spec.label) == (0.4, 8, "channel l2 0.4 round 8")
     assert parse_spec("channel:l2:0.4").round_to == 1
-    for bad in ("channel:l2", "channel:l2:0.4:0", "channel:l2:0.4:x", "nm:a:4", "what"):
+    spec = parse_spec("offset:work:0.33")
+    assert (spec.method, spec.importance, spec.ratio, spec.label) == ("offset", "work", 0.33,
+                                                                       "offset work 0.33")  # fmt: skip
+    assert parse_spec("offset:pattern:cross").label == "offset cross"
+    combo = parse_spec("channel:l2:0.4:8+offset:norm:0.33")
+    assert combo.method == "combined" and [p.method for p in combo.parts] == ["channel", "offset"]
+    assert combo.label == "channel l2 0.4 round 8 + offset norm 0.33"
+    for bad in ("channel:l2", "channel:l2:0.4:0", "channel:l2:0.4:x", "nm:a:4", "what",
+                "offset:norm", "offset:norm:x", "dense+offset:norm:0.3"):  # fmt: skip
         with pytest.raises(ValueError, match="bad variant"):
             parse_spec(bad)
     with pytest.raises(ValueError, match="method"):

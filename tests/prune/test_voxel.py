@@ -1,0 +1,112 @@
+"""Voxel pruning: identity at keep 1.0, smaller later maps at 0.5, every point labelled,
+learned scores train, deterministic inference, bad input."""
+
+import copy
+
+import pytest
+import torch
+
+import sparseconv as sc
+
+
+def _points(n=5000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.rand(n, 3, generator=g) * 3
+    x, p2v = sc.voxelize(pts, 0.05, torch.randn(n, 4, generator=g))
+    return x, p2v, torch.cat([torch.zeros(n, 1), pts], 1)
+
+
+def _fresh(x):
+    return sc.SparseTensor(x.feats, x.coords)
+
+
+def test_keep_ratio_one_is_the_identity():
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25).eval()
+    x, _, _ = _points()
+    pruned = sc.prune.voxel_prune(net, keep_ratio=1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(_fresh(x)), net(_fresh(x)))
+    assert all(k == n for n, k in sc.prune.voxel_counts(pruned, _fresh(x)).values())
+
+
+def test_half_the_voxels_shrink_the_later_maps_and_every_point_is_labelled():
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25).eval()
+    x, p2v, _ = _points()
+    pruned = sc.prune.voxel_prune(net, keep_ratio=0.5)
+    counts = sc.prune.voxel_counts(pruned, _fresh(x))
+    assert len(counts) == 4  # one per down stage
+    for name, (n, k) in counts.items():
+        assert k == -(-n // 2), name  # ceil(n / 2) per scan
+    macs = sc.prune.count_macs(pruned, _fresh(x))["total"]
+    assert macs < 0.8 * sc.prune.count_macs(net, _fresh(x))["total"]
+    with torch.no_grad():
+        logits = pruned(_fresh(x))
+    assert logits.shape == (len(x.coords), 5) and torch.isfinite(logits).all()
+    per_point = sc.devoxelize(sc.SparseTensor(logits, x.coords), p2v)
+    assert per_point.shape[0] == p2v.shape[0] and (per_point.abs().sum(1) > 0).all()
+
+
+def test_magnitude_keeps_the_largest_voxels_per_scan():
+    coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]],
+                          dtype=torch.int32)  # fmt: skip
+    feats = torch.tensor([[1.0], [3.0], [2.0], [5.0], [4.0]])
+    kept = sc.nn.VoxelPrune(keep_ratio=0.5)(sc.SparseTensor(feats, coords))
+    assert kept.coords.tolist() == [[0, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0]]  # ceil per scan
+    assert kept.feats[:, 0].tolist() == [3.0, 2.0, 5.0]
+    by_threshold = sc.nn.VoxelPrune(threshold=2.5)(sc.SparseTensor(feats, coords))
+    assert by_threshold.feats[:, 0].tolist() == [3.0, 5.0, 4.0]
+
+
+def test_learned_scores_get_gradients_and_inference_is_deterministic():
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25)
+    x, _, _ = _points(3000)
+    pruned = sc.prune.voxel_prune(net, keep_ratio=0.6, score="learned")
+    pruned(_fresh(x)).square().mean().backward()
+    scorer = pruned.down[0][0][0].voxel_prune.scorer
+    assert scorer.weight.grad is not None and scorer.weight.grad.abs().sum() > 0
+    pruned.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(_fresh(x)), pruned(_fresh(x)))
+
+
+def test_spvcnn_with_pruned_voxels_labels_every_point():
+    torch.manual_seed(0)
+    net = sc.models.SPVCNN(4, 5, width=0.25).eval()
+    x, _, points = _points()
+    pruned = sc.prune.voxel_prune(net, keep_ratio=0.5)
+    with torch.no_grad():
+        out = pruned(_fresh(x), points, 0.05)
+    assert out.shape == (len(points), 5) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(keep_ratio=0.0), r"keep_ratio must be in \(0, 1\]"),
+        (dict(keep_ratio=-0.5), r"keep_ratio must be in \(0, 1\]"),
+        (dict(keep_ratio=1.5), r"keep_ratio must be in \(0, 1\]"),
+        (dict(keep_ratio=None), "exactly one of keep_ratio and threshold"),
+        (dict(score="vibes"), "score must be one of"),
+        (dict(layers=["classifier"]), "not .* Conv3d layers"),
+    ],
+)
+def test_bad_input_leaves_the_model_untouched(kwargs, match):
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25)
+    before = copy.deepcopy(net)
+    with pytest.raises(ValueError, match=match):
+        sc.prune.voxel_prune(net, inplace=True, **kwargs)
+    assert not any(hasattr(m, "voxel_prune") for m in net.modules())
+    assert str(before) == str(net)
+
+
+def test_scatter_to_refuses_foreign_voxels():
+    full = sc.SparseTensor(torch.ones(2, 1), torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0]]).int())
+    other = sc.SparseTensor(torch.ones(1, 1), torch.tensor([[0, 5, 0, 0]]).int())
+    with pytest.raises(ValueError, match="not in full"):
+        sc.nn.scatter_to(other, full)
+    part = sc.SparseTensor(torch.full((1, 1), 7.0), torch.tensor([[0, 1, 0, 0]]).int())
+    assert sc.nn.scatter_to(part, full).feats[:, 0].tolist() == [0.0, 7.0]
