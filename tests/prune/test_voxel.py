@@ -34,9 +34,11 @@ def test_half_the_voxels_shrink_the_later_maps_and_every_point_is_labelled():
     torch.manual_seed(0)
     net = sc.models.MinkUNet(4, 5, width=0.25).eval()
     x, p2v, _ = _points()
-    pruned = sc.prune.voxel_prune(net, keep_ratio=0.5)
+    every_stage = [f"down.{i}.0.0" for i in range(4)]
+    pruned = sc.prune.voxel_prune(net, keep_ratio=0.5, layers=every_stage)
     counts = sc.prune.voxel_counts(pruned, _fresh(x))
-    assert len(counts) == 4  # one per down stage
+    assert sorted(counts) == every_stage
+    assert list(sc.prune.voxel_counts(sc.prune.voxel_prune(net, 0.5), _fresh(x))) == ["down.0.0.0"]
     for name, (n, k) in counts.items():
         assert k == -(-n // 2), name  # ceil(n / 2) per scan
     macs = sc.prune.count_macs(pruned, _fresh(x))["total"]
