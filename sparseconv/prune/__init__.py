@@ -12,6 +12,7 @@ sc.prune.save(small, "small.npz"); again = sc.prune.load("small.npz")
 """
 
 from sparseconv.prune.accelerate import AccelerationReport, accelerate_nm
+from sparseconv.prune.amc import AMCResult, amc_search
 from sparseconv.prune.channel import channel_prune, resolve_importance, zero_channels
 from sparseconv.prune.cost import count_macs
 from sparseconv.prune.graph import DependencyGraph
@@ -62,6 +63,8 @@ from sparseconv.prune.voxel import voxel_counts, voxel_prune
 
 __all__ = [
     "AccelerationReport",
+    "AMCResult",
+    "amc_search",
     "accelerate_nm",
     "FINETUNE_LR_FACTOR",
     "GradualPruner",
