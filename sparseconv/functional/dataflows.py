@@ -134,6 +134,8 @@ DATAFLOWS: dict[str, Dataflow] = {
 }
 # what runs when the autotuner is off, in order of preference (the first usable one)
 DEFAULTS = {"cuda": ["triton_implicit_gemm", "torch"], "cpu": ["cpu_implicit_gemm", "torch"]}
+# how much faster than the device's default another dataflow must time to be chosen
+MARGIN = 1.15
 
 
 class AutotuneCache:
@@ -161,8 +163,17 @@ class AutotuneCache:
                  _bucket(kmap.n_in), _bucket(kmap.n_out), int(deterministic))  # fmt: skip
         return "|".join(str(p) for p in parts)
 
-    def choose(self, key: str, candidates: list[Dataflow], time_one: Callable) -> Dataflow:
-        """The cached choice for ``key``, else the fastest of ``candidates`` by ``time_one``."""
+    def choose(
+        self, key: str, candidates: list[Dataflow], time_one: Callable, preferred: str | None = None
+    ) -> Dataflow:
+        """The cached choice for ``key``, else the fastest of ``candidates`` by ``time_one``;
+        ``preferred`` (the device's default) stays unless another is :data:`MARGIN` faster.
+
+        The margin matters end to end: dataflows read different layouts of a map (neighbour
+        table or CSR lists), derived once per map and scan, so a noise-driven flip between two
+        layers on one map makes every scan derive both (measured: MinkUNet width 0.25 end to end
+        63-84 ms over runs with flips, 2026-12-01).
+        """
         by_name = {c.name: c for c in candidates}
         with self._lock:
             name = self._choices.get(key)
@@ -170,6 +181,8 @@ class AutotuneCache:
                 return by_name[name]
             timings = {c.name: time_one(c) for c in candidates}
             name = min(timings, key=timings.get)
+            if preferred in timings and timings[name] * MARGIN > timings[preferred]:
+                name = preferred
             self._choices[key] = name
         shown = ", ".join(f"{n} {t * 1e3:.3g} ms" for n, t in timings.items())
         logger.info("autotune %s -> %s (%s)", key, name, shown)
@@ -230,7 +243,11 @@ def resolve(
         preferred = DEFAULTS.get(x.device.type, ["torch"])
         return next((by_name[n] for n in preferred if n in by_name), candidates[0])
     key = AutotuneCache.key(x, weight, kmap, deterministic)
-    return AUTOTUNE.choose(key, candidates, partial(_median_time, x=x, weight=weight, kmap=kmap))
+    preferred = next(
+        (n for n in DEFAULTS.get(x.device.type, []) if any(c.name == n for c in candidates)), None
+    )
+    return AUTOTUNE.choose(key, candidates, partial(_median_time, x=x, weight=weight, kmap=kmap),
+                           preferred)  # fmt: skip
 
 
 def _candidates(x: torch.Tensor, deterministic: bool) -> list[Dataflow]:

@@ -200,7 +200,7 @@ class KernelMap:
 
         def build() -> KernelMap:
             offsets = [self.offsets[k] for k in kept]
-            if not self.has_csr:
+            if self._nbmap is not None:  # columns of the table; CSR, if asked for, from it
                 nb = self._nbmap[:, list(kept)].contiguous()
                 return KernelMap.from_nbmap(nb, self.out_coords, self.n_in, offsets)
             ptr = self.offset_ptr

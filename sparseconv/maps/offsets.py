@@ -22,6 +22,10 @@ Triple = tuple[int, int, int]
 
 def as_triple(value: int | tuple[int, ...] | list[int], name: str, minimum: int = 1) -> Triple:
     """Normalise an int or 3-sequence argument, with an error naming the argument."""
+    if type(value) is tuple and len(value) == 3:  # the common case, every layer call: no copy
+        a, b, c = value
+        if type(a) is int and type(b) is int and type(c) is int and min(a, b, c) >= minimum:
+            return value  # type: ignore[return-value]
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a tuple of 3 ints, got bool")
     if isinstance(value, int):
