@@ -1,4 +1,5 @@
-"""AMC (He et al. 2018): per-layer channel ratios chosen by a DDPG agent under a MAC budget.
+"""AMC (He et al. 2018): per-layer channel ratios chosen by a DDPG agent under a MAC budget or
+a measured-latency budget.
 
 The agent walks the prunable groups in network order. Its state for group ``t`` is AMC's layer
 embedding: ``(t / T, Cin, Cout, kernel volume, the group's share of the MACs, MACs already
@@ -38,6 +39,7 @@ class AMCResult:
     ratios: dict[str, float]
     reward: float
     macs_ratio: float
+    cost_ratio: float  # of the budgeted cost: MACs, or the measured latency
     history: list[tuple[dict[str, float], float]] = field(default_factory=list)
 
 
@@ -116,13 +118,14 @@ class _Agent:
 
 
 def _layers(
-    model: nn.Module, example, importance
+    model: nn.Module, example, importance, measure: Callable[[nn.Module], float]
 ) -> tuple[list[str], list[list[float]], list[float], float]:
-    """Each prunable group's first producer, its static features, the MACs removing all of its
-    channels saves (measured: half of them removed alone, doubled; this counts the layers that
-    read the group's channels too) and the model's total MACs."""
+    """Each prunable group's first producer, its static features, the cost (MACs, or what
+    ``measure`` gives) removing all of its channels saves (measured: half of them removed
+    alone, doubled; this counts the layers that read the group's channels too) and the model's
+    total cost."""
     graph = DependencyGraph(model, example)
-    total = float(count_macs(model, example)["total"])
+    total = float(measure(model))
     names, feats, cost = [], [], []
     for group in graph.prunable_groups():
         name = group.producers[0]
@@ -130,7 +133,7 @@ def _layers(
         c_in = getattr(module, "in_channels", getattr(module, "in_features", 1))
         volume = module.weight.shape[0] if module.weight.dim() == 3 else 1
         half = channel_prune(model, example, 0.0, importance, ratios={name: 0.5})
-        saved = 2 * (total - count_macs(half, example)["total"])
+        saved = max(2 * (total - float(measure(half))), 0.0)
         names.append(name)
         feats.append([c_in, len(group), volume])
         cost.append(float(saved))
@@ -150,19 +153,25 @@ def amc_search(
     importance="l2",
     seed: int = 0,
     updates: int = 20,
+    latency: Callable[[nn.Module], float] | None = None,
     progress: bool = True,
 ) -> AMCResult:
-    """Search per-group ratios that keep about ``budget`` of the model's MACs and maximise
-    ``evaluate``; ``warmup`` episodes act at random before the agent learns. Each group's MAC
-    saving is measured once (it includes the layers reading its channels) and summed linearly,
-    so the realised budget is approximate (``AMCResult.macs_ratio`` is the real one)."""
+    """Search per-group ratios that keep about ``budget`` of the model's MACs (or, with
+    ``latency(model) -> seconds``, of its measured latency) and maximise ``evaluate``; ``warmup``
+    episodes act at random before the agent learns. Each group's saving is measured once (it
+    includes the layers reading its channels) and summed linearly, so the realised budget is
+    approximate (``AMCResult.cost_ratio`` is the real one)."""
     if not 0 < budget < 1:
         raise ValueError(f"budget (fraction of MACs kept) must be in (0, 1), got {budget}")
     if not 0 < max_ratio < 1:
         raise ValueError(f"max_ratio must be in (0, 1), got {max_ratio}")
     if episodes < 1 or warmup < 0:
         raise ValueError("episodes must be >= 1 and warmup >= 0")
-    names, feats, cost, total = _layers(model, example, importance)
+
+    def measure(m: nn.Module) -> float:
+        return latency(m) if latency is not None else count_macs(m, example)["total"]
+
+    names, feats, cost, total = _layers(model, example, importance, measure)
     scale = [max(f[i] for f in feats) for i in range(3)]
     agent = _Agent(max_ratio, seed)
     best = None
@@ -201,4 +210,5 @@ def amc_search(
             best = (dict(ratios), reward)
     kept = channel_prune(model, example, 0.0, importance, ratios=best[0])
     macs_ratio = count_macs(kept, example)["total"] / count_macs(model, example)["total"]
-    return AMCResult(best[0], best[1], macs_ratio, history)
+    cost_ratio = measure(kept) / measure(model) if latency is not None else macs_ratio
+    return AMCResult(best[0], best[1], macs_ratio, cost_ratio, history)

@@ -61,6 +61,24 @@ def test_amc_beats_uniform_and_sensitivity_at_the_same_budget():
     if picked is not None:
         assert _evaluate(amc) >= _evaluate(picked) - 1.0
     assert len(result.history) == 60 and result.reward == max(r for _, r in result.history)
+    # NetAdapt on the same budget, with MACs as its "latency"
+    adapted, _ = sc.prune.netadapt(net, x, _evaluate, lambda m: sc.prune.count_macs(m, x)["total"],
+                                   target=macs_amc / budget_macs + 1e-6, progress=False)  # fmt: skip
+    assert sc.prune.count_macs(adapted, x)["total"] <= macs_amc + 1
+    assert _evaluate(amc) >= _evaluate(adapted) - 1.0
+
+
+def test_amc_under_a_latency_budget():
+    """A 'latency' that only group 3 affects: AMC must put the cut there."""
+    net, x = _net(), _scan()
+
+    def latency(model) -> float:
+        return 1.0 + model[3].out_channels / 16
+
+    result = sc.prune.amc_search(net, x, _evaluate, budget=0.8, episodes=30, warmup=10,
+                                 latency=latency, progress=False)  # fmt: skip
+    assert result.cost_ratio <= 0.85
+    assert max(result.ratios, key=result.ratios.get) == "3"
 
 
 @pytest.mark.parametrize(
