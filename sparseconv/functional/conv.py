@@ -89,13 +89,10 @@ def _traced(x, weight, bias, kernel_size, stride, dilation, transposed, mode, ge
     """torch.compile / export: maps and kernels as custom ops (:mod:`.traced`)."""
     from sparseconv.functional import traced
 
-    if not isinstance(x, SparseTensor):
-        raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
+    ks = _checked_kernel(x, weight, bias, kernel_size, offsets)
     if mode not in DOWNSAMPLE_MODES:
         raise ValueError(f"downsample_mode must be one of {DOWNSAMPLE_MODES}, got {mode!r}")
-    ks = as_triple(kernel_size, "kernel_size")
     s, d = as_triple(stride, "stride"), as_triple(dilation, "dilation")
-    _check_weight(x, weight, bias, _volume(ks, offsets))
     pad = as_triple(geometry.padding, "padding", minimum=0)
     bounds = geometry.bounds(ks, s, d, transposed)
     return traced.conv3d(x, weight, bias, ks, s, d, transposed, mode, pad, bounds,
@@ -181,12 +178,17 @@ def _kernel_map(
     x, weight, bias, kernel_size, stride, dilation, transposed, mode, method,
     geometry: _Geometry, offsets: tuple[int, ...] | None = None,
 ):  # fmt: skip
+    ks = _checked_kernel(x, weight, bias, kernel_size, offsets)
+    return conv_kernel_map(x, ks, stride, dilation, transposed, mode, method, *geometry, offsets)
+
+
+def _checked_kernel(x, weight, bias, kernel_size, offsets) -> tuple[int, int, int]:
+    """The kernel size as a triple, after checking ``x`` and the weight against it."""
     if not isinstance(x, SparseTensor):
         raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
     ks = as_triple(kernel_size, "kernel_size")
     _check_weight(x, weight, bias, _volume(ks, offsets))
-    kmap = conv_kernel_map(x, ks, stride, dilation, transposed, mode, method, *geometry)
-    return kmap if offsets is None else kmap.select_offsets(tuple(offsets))
+    return ks
 
 
 def _volume(ks, offsets) -> int:
@@ -213,16 +215,19 @@ def conv_kernel_map(
     spatial_shape: tuple[int, int, int] | None = None,
     output_padding: int | tuple[int, int, int] = 0,
     submanifold: bool = True,
+    offsets: tuple[int, ...] | None = None,
 ) -> KernelMap:
-    """The kernel map :func:`conv3d` uses for these arguments (from / into ``x.cache``)."""
+    """The kernel map :func:`conv3d` uses for these arguments (from / into ``x.cache``),
+    restricted to the kernel offsets ``offsets`` when given."""
     ks = as_triple(kernel_size, "kernel_size")
     geometry = _Geometry(padding, spatial_shape, output_padding, submanifold)
-    return build_kernel_map(
+    kmap = build_kernel_map(
         x.coords, ks, stride, dilation, method=method, downsample_mode=downsample_mode,
         tensor_stride=x.stride, transposed=transposed, cache=x.cache, check=False,
         padding=padding, output_bounds=geometry.bounds(ks, stride, dilation, transposed),
         submanifold=submanifold,
     )  # fmt: skip
+    return kmap if offsets is None else kmap.select_offsets(tuple(offsets))
 
 
 def _output(x, feats, bias, kmap: KernelMap, stride, transposed: bool) -> SparseTensor:

@@ -14,6 +14,15 @@ from sparseconv.maps.offsets import as_triple
 from sparseconv.tensor import SparseTensor
 
 
+def init_fan_in_(weight: torch.Tensor, bias: torch.Tensor | None, fan_in: int) -> None:
+    """Uniform in ``+-1/sqrt(fan_in)``, weight and bias: ``torch.nn.Conv3d``'s default, and what
+    TorchSparse and spconv use, whatever the weight's layout."""
+    bound = 1.0 / math.sqrt(fan_in)
+    nn.init.uniform_(weight, -bound, bound)
+    if bias is not None:
+        nn.init.uniform_(bias, -bound, bound)
+
+
 class Conv3d(nn.Module):
     """Sparse 3-D convolution; ``stride=1`` is submanifold, ``transposed=True`` upsamples.
 
@@ -79,10 +88,7 @@ class Conv3d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_channels * math.prod(self.kernel_size))
-        nn.init.uniform_(self.weight, -bound, bound)
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
+        init_fan_in_(self.weight, self.bias, self.in_channels * math.prod(self.kernel_size))
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         return conv3d(
@@ -130,19 +136,11 @@ class Conv3d(nn.Module):
 
     def kernel_map(self, x: SparseTensor) -> KernelMap:
         """The map this layer convolves ``x`` over (what pruning and cost models inspect)."""
-        kmap = conv_kernel_map(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.dilation,
-            self.transposed,
-            self.downsample_mode,
-            padding=self.padding,
-            spatial_shape=self.spatial_shape,
-            submanifold=self.submanifold,
-        )
-        kept = self.offsets()
-        return kmap if kept is None else kmap.select_offsets(kept)  # fmt: skip
+        return conv_kernel_map(
+            x, self.kernel_size, self.stride, self.dilation, self.transposed,
+            self.downsample_mode, padding=self.padding, spatial_shape=self.spatial_shape,
+            submanifold=self.submanifold, offsets=self.offsets(),
+        )  # fmt: skip  # fmt: skip
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

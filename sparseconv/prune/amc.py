@@ -18,6 +18,7 @@ compare it with uniform ratios, a sensitivity-based choice and NetAdapt at the s
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Callable
@@ -51,8 +52,8 @@ class _Agent:
         self.max_ratio = max_ratio
         self.actor = self._mlp(STATE, 1, hidden, g, out=nn.Sigmoid())
         self.critic = self._mlp(STATE + 1, 1, hidden, g)
-        self.actor_target = self._copy(self.actor)
-        self.critic_target = self._copy(self.critic)
+        self.actor_target = copy.deepcopy(self.actor)
+        self.critic_target = copy.deepcopy(self.critic)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr * 2)
         self.buffer: list[tuple] = []
@@ -67,12 +68,6 @@ class _Agent:
             for p in net.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * (1 / math.sqrt(max(p.shape[-1], 1))))
         return net
-
-    @staticmethod
-    def _copy(net: nn.Sequential) -> nn.Sequential:
-        import copy
-
-        return copy.deepcopy(net)
 
     def act(self, state: torch.Tensor, noise: float) -> float:
         with torch.no_grad():

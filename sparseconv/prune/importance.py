@@ -73,8 +73,9 @@ def sum_channel_scores(
 
 
 def filters(module: nn.Module) -> torch.Tensor:
-    """``[Cout, everything else]``: one row per output channel (a filter) of a producer."""
-    w = module.weight.detach()
+    """``[Cout, everything else]``: one row per output channel (a filter) of a producer (a view
+    of the weight: differentiable)."""
+    w = module.weight
     axis = out_axis(module)
     return w.transpose(0, axis).reshape(w.shape[axis], -1)
 
@@ -154,7 +155,7 @@ class FPGM(Importance):
     def channel_scores(self, graph: DependencyGraph) -> torch.Tensor:
         per_channel = {}
         for name in graph.layer_classes["producers"]:
-            rows = filters(graph.modules[name]).double()
+            rows = filters(graph.modules[name]).detach().double()
             per_channel[name] = torch.cdist(rows[None], rows[None])[0].sum(1)
         return sum_channel_scores(graph, per_channel)
 

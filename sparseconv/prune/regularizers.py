@@ -18,8 +18,8 @@ import math
 import torch
 from torch import nn
 
-from sparseconv.prune.graph import DependencyGraph
-from sparseconv.prune.importance import prunable_weights
+from sparseconv.prune.graph import PRODUCER_TYPES, DependencyGraph
+from sparseconv.prune.importance import filters
 from sparseconv.prune.shrink import remove_channels
 
 # hard-concrete stretch (gamma, zeta) and temperature beta, the paper's values
@@ -31,10 +31,7 @@ def group_lasso_penalty(model: nn.Module, strength: float) -> torch.Tensor:
     """``strength * sum of the L2 norms of every output-channel group`` of Conv3d and Linear."""
     if strength < 0:
         raise ValueError(f"strength must be >= 0, got {strength}")
-    terms = []
-    for w in prunable_weights(model).values():
-        axis = 2 if w.dim() == 3 else 0  # Conv3d [K, Cin, Cout], Linear [Cout, Cin]
-        terms.append(w.transpose(0, axis).reshape(w.shape[axis], -1).norm(dim=1).sum())
+    terms = [filters(m).norm(dim=1).sum() for m in model.modules() if isinstance(m, PRODUCER_TYPES)]
     return strength * torch.stack(terms).sum() if terms else torch.zeros(())
 
 

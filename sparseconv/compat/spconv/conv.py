@@ -22,6 +22,7 @@ from sparseconv.compat.spconv.tensor import IndiceData, SparseConvTensor
 from sparseconv.functional.conv import apply_kernel_map, conv_kernel_map
 from sparseconv.maps.cache import MapCache
 from sparseconv.maps.offsets import Triple, as_triple, output_shape
+from sparseconv.nn.conv import init_fan_in_
 from sparseconv.tensor import SparseTensor
 
 # spconv arguments that choose its kernels or accumulation; sparseconv chooses its own
@@ -60,11 +61,11 @@ class SparseConvolution(SparseModule):
                 raise ValueError(f"{label} must be a positive int, got {v!r}")
         self.ndim = 3
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = list(as_triple(_triple(kernel_size), "kernel_size"))
-        self.stride = list(as_triple(_triple(stride), "stride"))
-        self.padding = list(as_triple(_triple(padding), "padding", minimum=0))
-        self.dilation = list(as_triple(_triple(dilation), "dilation"))
-        self.output_padding = list(as_triple(_triple(output_padding), "output_padding", 0))
+        self.kernel_size = list(as_triple(kernel_size, "kernel_size"))
+        self.stride = list(as_triple(stride, "stride"))
+        self.padding = list(as_triple(padding, "padding", minimum=0))
+        self.dilation = list(as_triple(dilation, "dilation"))
+        self.output_padding = list(as_triple(output_padding, "output_padding", 0))
         self.groups, self.subm, self.transposed, self.inverse = 1, subm, transposed, inverse
         self.indice_key = indice_key
         _check_geometry(self)
@@ -76,10 +77,7 @@ class SparseConvolution(SparseModule):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_channels * math.prod(self.kernel_size))
-        nn.init.uniform_(self.weight, -bound, bound)
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
+        init_fan_in_(self.weight, self.bias, self.in_channels * math.prod(self.kernel_size))
 
     def native_weight(self) -> torch.Tensor:
         """``weight`` as sparseconv's ``[K, Cin, Cout]`` (a differentiable view + copy)."""
@@ -213,10 +211,6 @@ def build_indice_data(
         spatial_shape=list(shape), out_spatial_shape=out_shape, is_subm=subm,
         ksize=ks, stride=s, padding=p, dilation=d, in_stride=x.stride,
     )  # fmt: skip
-
-
-def _triple(value):
-    return tuple(value) if isinstance(value, list) else value
 
 
 def _check_supported(ndim, groups, record_voxel_count, act_type, performance_only) -> None:

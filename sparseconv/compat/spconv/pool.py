@@ -19,12 +19,10 @@ class SparseMaxPool3d(SparseModule):
         super().__init__(name)
         if record_voxel_count:
             raise ValueError("sparseconv.compat.spconv does not support: record_voxel_count=True")
-        self.kernel_size = as_triple(_triple(kernel_size), "kernel_size")
-        self.stride = (
-            as_triple(_triple(stride), "stride") if stride is not None else self.kernel_size
-        )
-        self.padding = as_triple(_triple(padding), "padding", minimum=0)
-        self.dilation = as_triple(_triple(dilation), "dilation")
+        self.kernel_size = as_triple(kernel_size, "kernel_size")
+        self.stride = as_triple(stride, "stride") if stride is not None else self.kernel_size
+        self.padding = as_triple(padding, "padding", minimum=0)
+        self.dilation = as_triple(dilation, "dilation")
         self.indice_key = indice_key
 
     def forward(self, input: SparseConvTensor) -> SparseConvTensor:
@@ -40,7 +38,3 @@ class SparseMaxPool3d(SparseModule):
         out_stride = tuple(a * b for a, b in zip(x.stride, self.stride))
         return SparseConvTensor._derived(input, feats, data.out_indices, out_stride,
                                          data.out_spatial_shape)  # fmt: skip
-
-
-def _triple(value):
-    return tuple(value) if isinstance(value, list) else value

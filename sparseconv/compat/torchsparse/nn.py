@@ -19,6 +19,7 @@ from sparseconv.compat.torchsparse.tensor import SparseTensor
 from sparseconv.functional.conv import conv3d
 from sparseconv.maps.offsets import as_triple
 from sparseconv.nn import pooling
+from sparseconv.nn.conv import init_fan_in_
 from sparseconv.nn.convert import from_minkowski
 from sparseconv.tensor import SparseTensor as NativeTensor
 
@@ -36,15 +37,15 @@ class Conv3d(nn.Module):
                 raise ValueError(f"{label} must be a positive int, got {v!r}")
         if generative:
             raise ValueError("sparseconv.compat.torchsparse does not support: generative=True")
-        if as_triple(_triple(padding), "padding", minimum=0) != (0, 0, 0):
+        if as_triple(padding, "padding", minimum=0) != (0, 0, 0):
             raise ValueError(
                 "sparseconv.compat.torchsparse does not support: padding (TorchSparse's offsets "
                 "are centred; padding only changes its spatial_range)"
             )
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = as_triple(_triple(kernel_size), "kernel_size")
-        self.stride = as_triple(_triple(stride), "stride")
-        self.dilation = as_triple(_triple(dilation), "dilation")
+        self.kernel_size = as_triple(kernel_size, "kernel_size")
+        self.stride = as_triple(stride, "stride")
+        self.dilation = as_triple(dilation, "dilation")
         self.transposed = transposed
         self.config = config  # TorchSparse's dataflow choice: sparseconv chooses its own
         volume = math.prod(self.kernel_size)
@@ -54,10 +55,7 @@ class Conv3d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_channels * math.prod(self.kernel_size))
-        nn.init.uniform_(self.kernel, -bound, bound)
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
+        init_fan_in_(self.kernel, self.bias, self.in_channels * math.prod(self.kernel_size))
 
     def native_weight(self) -> torch.Tensor:
         """``kernel`` as sparseconv's ``[K, Cin, Cout]`` in x-major offset order (differentiable)."""
@@ -89,10 +87,6 @@ class Conv3d(nn.Module):
             + (", bias=True" if self.bias is not None else "")
             + (", transposed=True" if self.transposed else "")
         )
-
-
-def _triple(value):
-    return tuple(value) if isinstance(value, list) else value
 
 
 class _OnFeatures:
