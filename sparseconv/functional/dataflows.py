@@ -171,8 +171,8 @@ class AutotuneCache:
 
         The margin matters end to end: dataflows read different layouts of a map (neighbour
         table or CSR lists), derived once per map and scan, so a noise-driven flip between two
-        layers on one map makes every scan derive both (measured: MinkUNet width 0.25 end to end
-        63-84 ms over runs with flips, 2026-12-01).
+        layers on one map makes every scan derive both (the dense MinkUNet of the demo ran 96 ms
+        end to end in one `bench prune` run and 66 ms in another, docs/benchmarks.md).
         """
         by_name = {c.name: c for c in candidates}
         with self._lock:

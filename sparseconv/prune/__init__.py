@@ -59,7 +59,7 @@ from sparseconv.prune.schedule import (
 from sparseconv.prune.search import Sensitivity, netadapt, sensitivity_scan
 from sparseconv.prune.serialize import load, save
 from sparseconv.prune.shrink import remove_channels
-from sparseconv.prune.voxel import voxel_counts, voxel_prune
+from sparseconv.prune.voxel import stride_counts, voxel_counts, voxel_prune
 
 __all__ = [
     "AccelerationReport",
@@ -111,6 +111,7 @@ __all__ = [
     "remove_mask",
     "resolve_importance",
     "save",
+    "stride_counts",
     "voxel_counts",
     "voxel_prune",
     "zero_channels",

@@ -83,3 +83,20 @@ def voxel_counts(model: nn.Module, example) -> dict[str, tuple[int, int]]:
     with observed(model, handles):
         call_model(model, example)
     return counts
+
+
+def stride_counts(model: nn.Module, example) -> dict[str, int]:
+    """Voxels at each tensor stride (``"2x2x2" -> rows``) of one forward pass on ``example``:
+    the output rows of the first non-transposed conv producing that stride."""
+    from sparseconv.prune.tracing import call_model, observed
+
+    counts: dict[str, int] = {}
+
+    def hook(module, args, output):
+        counts.setdefault("x".join(map(str, output.stride)), int(output.coords.shape[0]))
+
+    handles = [m.register_forward_hook(hook)
+               for m in model.modules() if isinstance(m, snn.Conv3d) and not m.transposed]  # fmt: skip
+    with observed(model, handles):
+        call_model(model, example)
+    return counts

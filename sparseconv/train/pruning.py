@@ -124,6 +124,7 @@ def apply(spec: PruneSpec, model: nn.Module, example) -> tuple[nn.Module, dict]:
         int((w != 0).sum()) for w in prune.importance.prunable_weights(model).values()
     )
     info["macs"] = prune.count_macs(model, example)["total"]
+    info["voxels_per_stride"] = prune.stride_counts(model, example)
     return model, info
 
 

@@ -38,7 +38,12 @@ def test_half_the_voxels_shrink_the_later_maps_and_every_point_is_labelled():
     pruned = sc.prune.voxel_prune(net, keep_ratio=0.5, layers=every_stage)
     counts = sc.prune.voxel_counts(pruned, _fresh(x))
     assert sorted(counts) == every_stage
-    assert list(sc.prune.voxel_counts(sc.prune.voxel_prune(net, 0.5), _fresh(x))) == ["down.0.0.0"]
+    once = sc.prune.voxel_prune(net, 0.5)
+    assert list(sc.prune.voxel_counts(once, _fresh(x))) == ["down.0.0.0"]
+    dense, thin = sc.prune.stride_counts(net, _fresh(x)), sc.prune.stride_counts(once, _fresh(x))
+    assert dense["1x1x1"] == thin["1x1x1"] == len(x.coords)
+    assert thin["2x2x2"] < 0.6 * dense["2x2x2"] and thin["4x4x4"] < dense["4x4x4"]
+    assert all(thin[s] <= dense[s] for s in ("8x8x8", "16x16x16"))  # coarse cells merge
     for name, (n, k) in counts.items():
         assert k == -(-n // 2), name  # ceil(n / 2) per scan
     macs = sc.prune.count_macs(pruned, _fresh(x))["total"]
