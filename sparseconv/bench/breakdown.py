@@ -55,6 +55,7 @@ def _patched(timers: _Timers):
     targets = [
         (build, "_forward", "maps"),
         (build, "_transposed", "maps"),
+        (build, "_subset_map", "maps"),
         (KernelMap, "_csr", "maps"),
         (KernelMap, "transposed", "maps"),
     ]

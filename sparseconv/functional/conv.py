@@ -221,13 +221,12 @@ def conv_kernel_map(
     restricted to the kernel offsets ``offsets`` when given."""
     ks = as_triple(kernel_size, "kernel_size")
     geometry = _Geometry(padding, spatial_shape, output_padding, submanifold)
-    kmap = build_kernel_map(
+    return build_kernel_map(
         x.coords, ks, stride, dilation, method=method, downsample_mode=downsample_mode,
         tensor_stride=x.stride, transposed=transposed, cache=x.cache, check=False,
         padding=padding, output_bounds=geometry.bounds(ks, stride, dilation, transposed),
-        submanifold=submanifold,
+        submanifold=submanifold, kept_offsets=None if offsets is None else tuple(offsets),
     )  # fmt: skip
-    return kmap if offsets is None else kmap.select_offsets(tuple(offsets))
 
 
 def _output(x, feats, bias, kmap: KernelMap, stride, transposed: bool) -> SparseTensor:

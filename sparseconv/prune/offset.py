@@ -14,6 +14,12 @@ Importance of offset ``k`` of a layer:
 * ``"taylor"``: ``sum_batches |<W[k], dL/dW[k]>|``, first-order Taylor (needs ``batches``
   and ``loss_fn``).
 
+With ``symmetric`` (the default) offsets are removed in mirror pairs (``delta`` with
+``-delta``, their scores summed), as many pairs as make at least ``ratio`` of the non-centre
+offsets: a submanifold map of a mirror-symmetric subset is then *built* for the kept offsets
+alone (half of them searched, the rest mirrored), instead of restricted from the full map, so
+pruning also cuts map building when maps are built per scan.
+
 ``scope="layer"`` removes ``ratio`` of each layer's non-centre offsets (by default one subset
 for all the layers on one map, ``share_maps``); ``"global"`` ranks every layer's non-centre
 offsets together (scores divided by their layer's mean, so layers of
@@ -99,13 +105,15 @@ def offset_prune(
     loss_fn: LossFn | None = None,
     layers: Iterable[str] | None = None,
     share_maps: bool = True,
+    symmetric: bool = True,
     inplace: bool = False,
 ) -> tuple[nn.Module, OffsetReport]:
     """A copy of ``model`` (or ``model`` itself with ``inplace``) whose prunable convs keep
     ``1 - ratio`` of their non-centre offsets, and the report. ``share_maps`` keeps one subset
     for all layers on one kernel map (their scores summed): the restricted map is then derived
     once per map, not once per layer, which is what makes pruning pay when maps are built per
-    scan; ``False`` lets each layer choose its own. Checks everything before changing anything:
+    scan; ``False`` lets each layer choose its own. ``symmetric`` removes mirror pairs (see the
+    module docstring); ``False`` removes single offsets. Checks everything before changing anything:
     a refused call leaves the model as it was."""
     targets = _targets(model, layers)
     _check_arguments(ratio, importance, scope, pattern, batches, loss_fn)
@@ -118,7 +126,7 @@ def offset_prune(
         units: dict[int, list[str]] = {}
         for name in targets:
             units.setdefault(map_of[name] if share_maps else id(name), []).append(name)
-        kept = _choose(targets, scores, ratio, scope, list(units.values()))
+        kept = _choose(targets, scores, ratio, scope, list(units.values()), symmetric)
     if not inplace:
         model = copy.deepcopy(model)
     modules = dict(model.named_modules())
@@ -207,12 +215,14 @@ def _scores(model, targets, importance, pairs, batches, loss_fn) -> dict[str, to
     return {n: taylor.stats[n].double().flatten(1).sum(1).abs() for n in targets}
 
 
-def _choose(targets, scores, ratio: float, scope: str, units: list[list[str]]):
+def _choose(targets, scores, ratio: float, scope: str, units: list[list[str]], symmetric: bool):
     """Offsets removed per unit (a layer, or the layers sharing one map, which have the same
-    kept offsets): each layer's scores divided by their mean, summed over the unit."""
-    candidates = []  # (score, unit index, offset)
+    kept offsets): each layer's scores divided by their mean, summed over the unit. A candidate
+    is one offset, or with ``symmetric`` a mirror pair (``k`` and ``K - 1 - k``)."""
+    candidates = []  # (score, unit index, offsets removed together)
     for u, names in enumerate(units):
         first = targets[names[0]]
+        volume = math.prod(first.kernel_size)
         centre = centre_index(first.kernel_size)
         total: dict[int, float] = {}
         for name in names:
@@ -222,20 +232,41 @@ def _choose(targets, scores, ratio: float, scope: str, units: list[list[str]]):
             mean = sum(v for v, _ in rest) / len(rest) if rest else 1.0
             for v, k in rest:
                 total[k] = total.get(k, 0.0) + v / (mean or 1.0) / len(names)
-        candidates += [(v, u, k) for k, v in total.items()]
+        if symmetric:
+            grouped: dict[tuple[int, ...], float] = {}
+            for k, v in total.items():
+                group = tuple(sorted({k, volume - 1 - k} & set(total)))
+                grouped[group] = grouped.get(group, 0.0) + v
+            candidates += [(v, u, g) for g, v in grouped.items()]
+        else:
+            candidates += [(v, u, (k,)) for k, v in total.items()]
     removed: set[tuple[int, int]] = set()
     if scope == "global":
-        count = int(round(ratio * len(candidates)))
-        removed = {(u, k) for _, u, k in sorted(candidates)[:count]}
+        removed = _take(sorted(candidates), ratio)
     else:
         for u in range(len(units)):
-            mine = sorted((v, k) for v, w, k in candidates if w == u)
-            removed |= {(u, k) for _, k in mine[: int(round(ratio * len(mine)))]}
+            removed |= _take(sorted(c for c in candidates if c[1] == u), ratio)
     return {
         name: [k for k in _current(targets[name]) if (u, k) not in removed]
         for u, names in enumerate(units)
         for name in names
     }
+
+
+def _take(ranked: list[tuple[float, int, tuple[int, ...]]], ratio: float) -> set[tuple[int, int]]:
+    """The lowest-ranked candidates covering ``ratio`` of their offsets (single offsets: the
+    nearest count; mirror pairs: enough pairs to reach at least ``ratio``)."""
+    n = sum(len(g) for _, _, g in ranked)
+    target = ratio * n
+    if all(len(g) == 1 for _, _, g in ranked):
+        target = int(round(target))
+    removed, count = set(), 0
+    for _, u, group in ranked:
+        if count >= target - 1e-9:
+            break
+        removed |= {(u, k) for k in group}
+        count += len(group)
+    return removed
 
 
 __all__ = [

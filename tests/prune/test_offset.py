@@ -60,7 +60,9 @@ def test_removing_zeroed_offsets_is_lossless_on_minkunet(importance):
     x = _scan()
     pruned, report = _lossless(net, x, ratio=1 / 3, importance=importance)
     for name, layer in prunable_offset_layers(pruned).items():
-        assert len(layer.offsets()) == 27 - round(26 / 3), name  # 9 of 26 non-centre removed
+        # at least a third of the 26 non-centre offsets, in mirror pairs: 5 pairs
+        assert len(layer.offsets()) == 27 - 10, name
+        assert all(26 - k in layer.offsets() for k in layer.offsets()), name
         assert centre_index(layer.kernel_size) in layer.offsets()
         assert layer.weight.shape[0] == len(layer.offsets())
     assert 0.5 < report.pair_ratio < 0.9
@@ -83,7 +85,8 @@ def test_the_filtered_map_has_exactly_the_kept_offsets_pairs():
     full = layer.kernel_map(x)
     layer.keep_offsets([0, 4, 13, 22, 26])
     kept = layer.kernel_map(_fresh(x))
-    assert kept.kernel_volume == 5 and not kept.submanifold
+    # mirror-symmetric: built for its 5 offsets, the centre (the identity) in the middle
+    assert kept.kernel_volume == 5 and kept.submanifold
     assert torch.equal(kept.nbmap, full.nbmap[:, [0, 4, 13, 22, 26]])
     for i, k in enumerate([0, 4, 13, 22, 26]):
         assert torch.equal(torch.stack(kept.pairs(i)), torch.stack(full.pairs(k)))
@@ -108,8 +111,10 @@ def test_patterns_and_global_scope():
     pruned, report = sc.prune.offset_prune(net, _scan(), ratio=0.5, scope="global",
                                            share_maps=False)  # fmt: skip
     removed = sum(report.volume[n] - len(k) for n, k in report.kept.items())
-    assert removed == round(0.5 * 26 * len(report.kept))
+    assert 0 <= removed - 0.5 * 26 * len(report.kept) < 2  # whole mirror pairs
     assert len({len(k) for k in report.kept.values()}) > 1  # layers pruned differently
+    _, single = sc.prune.offset_prune(net, _scan(), ratio=1 / 3, symmetric=False)
+    assert {len(k) for k in single.kept.values()} == {27 - round(26 / 3)}  # 9 single offsets
 
 
 def test_taylor_importance_and_a_second_prune():
@@ -136,7 +141,7 @@ def test_saved_and_reloaded_gives_the_same_outputs(tmp_path):
     again = sc.prune.load(tmp_path / "p.npz").eval()
     with torch.no_grad():
         torch.testing.assert_close(again(_scan()), pruned(_scan()))
-    assert "offsets=18/27" in repr(again.stem[0][0])
+    assert "offsets=17/27" in repr(again.stem[0][0])
 
 
 def test_a_compiled_offset_pruned_network_equals_eager():
@@ -199,3 +204,30 @@ def test_layers_on_one_map_share_a_subset_unless_asked_not_to():
     assert len(stage) >= 4
     assert len({tuple(shared.kept[n]) for n in stage}) == 1
     assert len({tuple(own.kept[n]) for n in stage}) > 1  # each chose its own, one shared map
+
+
+def test_a_mirror_symmetric_subset_map_is_built_for_its_offsets_alone():
+    """The kept offsets' map built directly (half searched, mirrored) equals the full map
+    restricted to them, pair for pair; an asymmetric subset is restricted from the full map."""
+    from sparseconv.maps import build
+
+    x = _scan(extent=14)
+    kept = tuple(sorted({0, 26, 4, 22, 10, 16, 13}))
+    searched = []
+    original = build._native_map
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "_native_map", lambda *a, **k: searched.append(len(a[4])) or
+                      original(*a, **k))  # fmt: skip
+        direct = build.build_kernel_map(x.coords, 3, kept_offsets=kept)
+    assert searched == [len(kept)] and direct.submanifold  # no full 27-offset search
+    full = build.build_kernel_map(x.coords, 3)
+    restricted = full.select_offsets(kept)
+    assert torch.equal(direct.nbmap, restricted.nbmap)
+    assert direct.offsets == restricted.offsets
+    for k in range(len(kept)):
+        for a, b in zip(direct.pairs(k), restricted.pairs(k)):
+            assert torch.equal(a, b)
+    lopsided = build.build_kernel_map(x.coords, 3, kept_offsets=(0, 13))
+    assert torch.equal(lopsided.nbmap, full.nbmap[:, [0, 13]])
+    with pytest.raises(ValueError, match="distinct indices below 27"):
+        build.build_kernel_map(x.coords, 3, kept_offsets=(13, 27))
