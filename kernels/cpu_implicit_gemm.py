@@ -44,9 +44,12 @@ def _panel_width(cout: int, panel: int = PANEL) -> int:
 
 def _panel(cout: int) -> int:
     """The register kernel's panel for ``cout`` columns: the wide one (32 on AVX-512: two
-    vectors per row, fewer loads per FMA) where Cout is a multiple of it, else 16."""
+    vectors per broadcast input value, so half the loads per FMA) wherever it pads Cout to no
+    more columns than the 16-wide one (Cout = 24 pads to 32 either way), else 16. The 16-wide
+    kernel is load-bound (one broadcast load per FMA): a 24-channel layer ran at half the FMA
+    rate with it."""
     wide = cpu_library.lib().sc_max_panel()
-    return wide if cout % wide == 0 else PANEL
+    return wide if _panel_width(cout, wide) == _panel_width(cout, PANEL) else PANEL
 
 
 def _panel_major_weight(weight: torch.Tensor, panel: int) -> torch.Tensor:
@@ -67,8 +70,17 @@ def _check_inputs(**tensors: torch.Tensor) -> None:
             raise TypeError(f"{name} must be a float32 CPU tensor, got {t.dtype} on {t.device}")
 
 
-def implicit_gemm(src: torch.Tensor, weight: torch.Tensor, nbmap: torch.Tensor) -> torch.Tensor:
-    """``dst[j] = sum_k src[nbmap[j, k]] @ weight[k]`` (rows with ``nbmap == -1`` skipped).
+def implicit_gemm(
+    src: torch.Tensor,
+    weight: torch.Tensor,
+    nbmap: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``dst[j] = sum_k src[nbmap[j, k]] @ weight[k]`` (rows with ``nbmap == -1`` skipped),
+    then ``* scale + shift`` per output channel and ``max(., 0)`` with ``relu`` (an inference
+    epilogue applied as each tile of rows is stored; either term may be None).
 
     ``src`` float32 ``[N_src, Cin]``, ``weight`` float32 ``[K, Cin, Cout]``, ``nbmap`` int32
     ``[N_dst, K]``. Deterministic: each output row is summed by one thread in offset order.
@@ -82,6 +94,7 @@ def implicit_gemm(src: torch.Tensor, weight: torch.Tensor, nbmap: torch.Tensor) 
             f"shapes disagree: src {list(src.shape)}, weight {list(weight.shape)}, "
             f"nbmap {list(nbmap.shape)}"
         )
+    terms = [_channel_vector(t, cout, name) for t, name in ((scale, "scale"), (shift, "shift"))]
     panel = _panel(cout)
     w = _panel_major_weight(weight, panel)
     n_dst = nbmap.shape[0]
@@ -92,10 +105,21 @@ def implicit_gemm(src: torch.Tensor, weight: torch.Tensor, nbmap: torch.Tensor) 
     tile = max(16, min(TILE_MAX, TILE_FLOATS // ldw))
     rc = cpu_library.lib().sc_implicit_gemm(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), ldw, cout, nbmap.data_ptr(),
-        n_dst, k, dst.data_ptr(), tile, panel, available_threads(),
+        n_dst, k, dst.data_ptr(), tile, panel, *(t.data_ptr() if t is not None else None
+                                                 for t in terms), int(relu), available_threads(),
     )  # fmt: skip
     _check(rc, "implicit_gemm")
     return dst
+
+
+def _channel_vector(t: torch.Tensor | None, cout: int, name: str) -> torch.Tensor | None:
+    """``t`` as a contiguous float32 ``[cout]`` CPU vector (or None)."""
+    if t is None:
+        return None
+    if t.shape != (cout,):
+        raise ValueError(f"{name} must have shape [{cout}] (one value per output channel), got "
+                         f"{list(t.shape)}")  # fmt: skip
+    return t.detach().to(device="cpu", dtype=torch.float32).contiguous()
 
 
 def weight_grad(

@@ -56,6 +56,7 @@ def _patched(timers: _Timers):
         (build, "_forward", "maps"),
         (build, "_transposed", "maps"),
         (build, "_subset_map", "maps"),
+        (conv_op, "fused_forward", "conv"),  # inference convs with a batch norm / ReLU epilogue
         (KernelMap, "_csr", "maps"),
         (KernelMap, "transposed", "maps"),
     ]

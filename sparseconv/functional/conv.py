@@ -9,6 +9,7 @@ import torch
 
 from sparseconv.functional import semi_structured
 from sparseconv.functional.dataflows import Dataflow, resolve
+from sparseconv.functional.epilogue import Epilogue
 from sparseconv.maps.build import DOWNSAMPLE_MODES, build_kernel_map
 from sparseconv.maps.kernel_map import KernelMap
 from sparseconv.maps.offsets import as_triple, output_shape
@@ -54,6 +55,7 @@ def conv3d(
     output_padding: int | tuple[int, int, int] = 0,
     submanifold: bool = True,
     offsets: tuple[int, ...] | None = None,
+    epilogue: Epilogue | None = None,
 ) -> SparseTensor:
     """Sparse 3-D convolution of ``x`` with ``weight`` ``[K, Cin, Cout]``.
 
@@ -73,16 +75,39 @@ def conv3d(
     ``offsets`` (kernel-offset pruning) lists the kernel offsets kept, as indices into the full
     kernel in weight order; ``weight`` then has ``len(offsets)`` rows and the kernel map is
     restricted to them.
+
+    ``epilogue`` (inference only: :class:`~sparseconv.functional.epilogue.Epilogue`) is a
+    per-channel affine map and ReLU applied to the output, after ``bias``; the C dataflow
+    applies it as it stores the output (a folded batch norm costs no pass of its own).
     """
     geometry = _Geometry(padding, spatial_shape, output_padding, submanifold)
+    if (
+        epilogue is not None
+        and torch.is_grad_enabled()
+        and (x.feats.requires_grad or weight.requires_grad)
+    ):
+        raise ValueError("an epilogue is for inference: run under torch.no_grad()")
     if torch.compiler.is_compiling():
-        return _traced(x, weight, bias, kernel_size, stride, dilation, transposed,
-                       downsample_mode, geometry, offsets)  # fmt: skip
+        out = _traced(x, weight, bias, kernel_size, stride, dilation, transposed,
+                      downsample_mode, geometry, offsets)  # fmt: skip
+        return out if epilogue is None else out.replace_feats(epilogue.apply_(out.feats.clone()))
     kmap = _kernel_map(x, weight, bias, kernel_size, stride, dilation, transposed, downsample_mode,
                        method, geometry, offsets)  # fmt: skip
     flow = resolve(dataflow, x.feats, weight, kmap, deterministic)
-    feats = SparseConvFunction.apply(x.feats.contiguous(), weight, kmap, flow)
-    return _output(x, feats, bias, kmap, stride, transposed)
+    if epilogue is None:
+        feats = SparseConvFunction.apply(x.feats.contiguous(), weight, kmap, flow)
+        return _output(x, feats, bias, kmap, stride, transposed)
+    feats = fused_forward(flow, x.feats.contiguous(), weight, kmap, epilogue.with_bias(bias))
+    return _output(x, feats, None, kmap, stride, transposed)
+
+
+def fused_forward(
+    flow: Dataflow, src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, epilogue: Epilogue
+) -> torch.Tensor:
+    """Inference forward with ``epilogue``: in the dataflow's store where it has one, else after."""
+    if flow.fused_forward is not None:
+        return flow.fused_forward(src, weight, kmap, epilogue).to(src.dtype)
+    return epilogue.apply_(flow.forward(src, weight, kmap).to(src.dtype))
 
 
 def _traced(x, weight, bias, kernel_size, stride, dilation, transposed, mode, geometry, offsets):

@@ -64,6 +64,8 @@ class Dataflow:
     deterministic: bool  # no atomics: the same inputs give the same bits
     autotuned: bool = True  # offered to "auto" (the torch planner covers its own algorithms)
     unsupported: Callable[[torch.Tensor], str] = _runs_anywhere
+    # forward(x, weight, kmap, epilogue) applying an inference Epilogue as it stores (or None)
+    fused_forward: Callable | None = None
 
     def tunable(self, x: torch.Tensor) -> bool:
         """Usable here and worth timing (interpreted Triton on CPU is for tests only)."""
@@ -117,6 +119,7 @@ DATAFLOWS: dict[str, Dataflow] = {
             backward_weight=dataflow_cpu.backward_weight,
             deterministic=True,
             unsupported=dataflow_cpu.unsupported,
+            fused_forward=dataflow_cpu.fused_forward,
         ),
         _triton_flow(
             "gather_scatter",

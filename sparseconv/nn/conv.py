@@ -9,6 +9,7 @@ from torch import nn
 
 from sparseconv.functional.conv import conv3d, conv_kernel_map
 from sparseconv.functional.dataflows import check_name
+from sparseconv.functional.epilogue import Epilogue
 from sparseconv.maps.kernel_map import KernelMap
 from sparseconv.maps.offsets import as_triple
 from sparseconv.tensor import SparseTensor
@@ -90,13 +91,15 @@ class Conv3d(nn.Module):
     def reset_parameters(self) -> None:
         init_fan_in_(self.weight, self.bias, self.in_channels * math.prod(self.kernel_size))
 
-    def forward(self, x: SparseTensor) -> SparseTensor:
+    def forward(self, x: SparseTensor, epilogue: Epilogue | None = None) -> SparseTensor:
+        """The conv of ``x``; ``epilogue`` (inference) is what a following batch norm and ReLU
+        would do, applied as the output is stored (``sparseconv.nn.Sequential`` passes it)."""
         return conv3d(
             x, self.weight, self.bias, self.kernel_size, self.stride, self.dilation,
             transposed=self.transposed, dataflow=self.dataflow,
             downsample_mode=self.downsample_mode, deterministic=self.deterministic,
             padding=self.padding, spatial_shape=self.spatial_shape, submanifold=self.submanifold,
-            offsets=self.offsets(),
+            offsets=self.offsets(), epilogue=epilogue,
         )  # fmt: skip
 
     def offsets(self) -> tuple[int, ...] | None:

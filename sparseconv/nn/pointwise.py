@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sparseconv.functional.epilogue import Epilogue
 from sparseconv.nn.conv import Conv3d
 from sparseconv.tensor import SparseTensor
 
@@ -39,18 +40,21 @@ class BatchNorm(_OnFeatures, nn.BatchNorm1d):
             and not (self._forward_hooks or self._forward_pre_hooks)
         )
 
-    def apply_in_place_(self, x: SparseTensor) -> SparseTensor:
-        """``x`` normalised by overwriting its features: for a tensor nobody else holds (the
-        fresh output of a conv inside a ``Sequential``), where torch's ``[N, C]`` batch norm
-        costs several times a fused multiply-add over the same memory."""
-        feats = x.feats
+    def epilogue(self, relu: bool = False) -> Epilogue:
+        """The norm (inference, running statistics) as a per-channel affine map, then ReLU."""
         scale = torch.rsqrt(self.running_var + self.eps)
         if self.weight is not None:
             scale = scale * self.weight
         shift = -self.running_mean * scale
         if self.bias is not None:
             shift = shift + self.bias
-        torch.addcmul(shift.to(feats.dtype), feats, scale.to(feats.dtype), out=feats)
+        return Epilogue(scale, shift, relu)
+
+    def apply_in_place_(self, x: SparseTensor) -> SparseTensor:
+        """``x`` normalised by overwriting its features: for a tensor nobody else holds (the
+        fresh output of a conv inside a ``Sequential``), where torch's ``[N, C]`` batch norm
+        costs several times a fused multiply-add over the same memory."""
+        self.epilogue().apply_(x.feats)
         return x
 
 
@@ -83,17 +87,40 @@ class Dropout(_OnFeatures, nn.Dropout):
 class Sequential(nn.Sequential):
     """``torch.nn.Sequential`` for layers that take and return ``SparseTensor``.
 
-    In inference, a ``BatchNorm`` right after a ``Conv3d`` of the same sequence normalises the
-    conv's fresh output in place (see :meth:`BatchNorm.apply_in_place_`): nothing outside the
-    sequence can hold that tensor, so the result is the same and the norm costs a fraction.
+    In inference, a ``Conv3d -> BatchNorm [-> ReLU]`` run of the sequence is one conv with an
+    epilogue (:mod:`sparseconv.functional.epilogue`): the norm's affine map and the ReLU are
+    applied as the conv stores its output, instead of two more passes over it. Nothing outside
+    the sequence can hold the conv's fresh output, so the result is the same. A conv with hooks
+    (which may look at that output) runs alone, and the norm then normalises its output in place
+    (:meth:`BatchNorm.apply_in_place_`).
     """
 
     def forward(self, x):  # type: ignore[override]
-        after_conv = False
-        for module in self:
-            if after_conv and isinstance(module, BatchNorm) and module.can_apply_in_place():
-                x = module.apply_in_place_(x)
-            else:
-                x = module(x)
-            after_conv = isinstance(module, Conv3d)
+        modules = list(self)
+        i = 0
+        while i < len(modules):
+            module, rest = modules[i], modules[i + 1 :]
+            norm = rest[0] if rest and isinstance(rest[0], BatchNorm) else None
+            if norm is not None and isinstance(module, Conv3d) and norm.can_apply_in_place():
+                relu = len(rest) > 1 and _plain_relu(rest[1])
+                if _fusable(module):
+                    x = module(x, epilogue=norm.epilogue(relu))
+                    i += 3 if relu else 2
+                    continue
+                x = norm.apply_in_place_(module(x))
+                i += 2
+                continue
+            x = module(x)
+            i += 1
         return x
+
+
+def _fusable(conv: nn.Module) -> bool:
+    """A plain ``Conv3d`` (no subclass forward) that no hook watches."""
+    return type(conv).forward is Conv3d.forward and not (
+        conv._forward_hooks or conv._forward_pre_hooks
+    )
+
+
+def _plain_relu(module: nn.Module) -> bool:
+    return type(module) is ReLU and not (module._forward_hooks or module._forward_pre_hooks)
