@@ -11,6 +11,10 @@ Importance of offset ``k`` of a layer:
 * ``"norm"``: ``||W[k]||_2``;
 * ``"work"``: ``||W[k]||_2 * pairs(k)``, weight norm times the number of input/output pairs the
   offset has on the example (an offset that rarely finds a neighbour contributes little);
+* ``"efficiency"``: ``||W[k]||_2 / sqrt(pairs(k))``, the output energy the offset contributes
+  (about ``||W[k]||^2 * pairs(k)``, so its magnitude ``||W[k]|| * sqrt(pairs(k))``) per pair it
+  costs: a latency-aware ranking that removes the busy offsets whose weights matter least, where
+  ``"norm"`` mostly removes offsets that rarely find a neighbour (small weights, little work);
 * ``"taylor"``: ``sum_batches |<W[k], dL/dW[k]>|``, first-order Taylor (needs ``batches``
   and ``loss_fn``).
 
@@ -42,7 +46,7 @@ from sparseconv import nn as snn
 from sparseconv.prune.importance import LossFn, Taylor
 from sparseconv.prune.tracing import layer_inputs
 
-IMPORTANCES = ("norm", "work", "taylor")
+IMPORTANCES = ("norm", "work", "efficiency", "taylor")
 PATTERNS = ("cross", "shell19")
 
 
@@ -208,8 +212,11 @@ def _scores(model, targets, importance, pairs, batches, loss_fn) -> dict[str, to
     norms = {n: m.weight.detach().double().flatten(1).norm(dim=1) for n, m in targets.items()}
     if importance == "norm":
         return norms
-    if importance == "work":
-        return {n: norms[n] * torch.tensor(pairs[n], dtype=torch.float64) for n in targets}
+    if importance in ("work", "efficiency"):
+        counts = {n: torch.tensor(pairs[n], dtype=torch.float64) for n in targets}
+        if importance == "work":
+            return {n: norms[n] * counts[n] for n in targets}
+        return {n: norms[n] / counts[n].clamp(min=1).sqrt() for n in targets}
     taylor = Taylor(loss_fn, batches)
     taylor.ensure(model)  # sum over batches of g * w per weight, keyed by layer name
     return {n: taylor.stats[n].double().flatten(1).sum(1).abs() for n in targets}

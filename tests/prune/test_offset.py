@@ -53,7 +53,7 @@ def _copy(example):
     return _fresh(example)
 
 
-@pytest.mark.parametrize("importance", ["norm", "work"])
+@pytest.mark.parametrize("importance", ["norm", "work", "efficiency"])
 def test_removing_zeroed_offsets_is_lossless_on_minkunet(importance):
     torch.manual_seed(0)
     net = sc.models.MinkUNet(4, 5, width=0.25)
@@ -231,3 +231,23 @@ def test_a_mirror_symmetric_subset_map_is_built_for_its_offsets_alone():
     assert torch.equal(lopsided.nbmap, full.nbmap[:, [0, 13]])
     with pytest.raises(ValueError, match="distinct indices below 27"):
         build.build_kernel_map(x.coords, 3, kept_offsets=(13, 27))
+
+
+def test_work_and_efficiency_rank_equal_weights_by_their_pairs():
+    """Known answer: with every offset's weight of equal norm, ``work`` removes the offsets with
+    the fewest pairs and ``efficiency`` (norm per sqrt(pairs)) those with the most."""
+    torch.manual_seed(0)
+    net = sc.nn.Sequential(sc.nn.Conv3d(4, 4, 3))
+    with torch.no_grad():
+        net[0].weight.fill_(0.5)
+    # a flat 2-D sheet: in-plane offsets have many pairs, the others none
+    xy = torch.stack(torch.meshgrid(torch.arange(12), torch.arange(12), indexing="ij"), -1)
+    coords = torch.cat([torch.zeros(144, 1, dtype=torch.long), xy.reshape(-1, 2),
+                        torch.zeros(144, 1, dtype=torch.long)], 1).int()  # fmt: skip
+    x = sc.SparseTensor(torch.randn(144, 4), coords)
+    pairs = (net[0].kernel_map(x).nbmap >= 0).sum(0)
+    in_plane = {k for k in range(27) if pairs[k] > 0 and k != 13}  # dz = 0: 8 offsets
+    _, work = sc.prune.offset_prune(net, x, ratio=8 / 26, importance="work", symmetric=False)
+    _, eff = sc.prune.offset_prune(net, x, ratio=8 / 26, importance="efficiency", symmetric=False)
+    assert not in_plane & (set(range(27)) - set(work.kept["0"]))  # work keeps the busy ones
+    assert set(range(27)) - set(eff.kept["0"]) == in_plane  # efficiency removes exactly them
