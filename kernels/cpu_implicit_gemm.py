@@ -77,10 +77,12 @@ def implicit_gemm(
     scale: torch.Tensor | None = None,
     shift: torch.Tensor | None = None,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``dst[j] = sum_k src[nbmap[j, k]] @ weight[k]`` (rows with ``nbmap == -1`` skipped),
-    then ``* scale + shift`` per output channel and ``max(., 0)`` with ``relu`` (an inference
-    epilogue applied as each tile of rows is stored; either term may be None).
+    then ``* scale + shift`` per output channel, ``+ residual[j]`` and ``max(., 0)`` with
+    ``relu`` (an inference epilogue applied as each tile of rows is stored; any term may be
+    None).
 
     ``src`` float32 ``[N_src, Cin]``, ``weight`` float32 ``[K, Cin, Cout]``, ``nbmap`` int32
     ``[N_dst, K]``. Deterministic: each output row is summed by one thread in offset order.
@@ -95,6 +97,13 @@ def implicit_gemm(
             f"nbmap {list(nbmap.shape)}"
         )
     terms = [_channel_vector(t, cout, name) for t, name in ((scale, "scale"), (shift, "shift"))]
+    if residual is not None:
+        if residual.shape != (nbmap.shape[0], cout):
+            raise ValueError(f"residual must have shape [{nbmap.shape[0]}, {cout}] (the output's), "
+                             f"got {list(residual.shape)}")  # fmt: skip
+        _check_inputs(residual=residual)
+        residual = residual.contiguous()
+    terms.append(residual)
     panel = _panel(cout)
     w = _panel_major_weight(weight, panel)
     n_dst = nbmap.shape[0]

@@ -35,7 +35,7 @@ _I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 # argument types of every exported function (all return an int status)
 SIGNATURES = {
     "sc_implicit_gemm": [_PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64,
-                         _PTR, _PTR, _INT, _INT],
+                         _PTR, _PTR, _PTR, _INT, _INT],
     "sc_max_panel": [],
     "sc_weight_grad": [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR,
                        _I64, _INT],

@@ -199,18 +199,21 @@ static void multiply_listed_rows(const float *src, int64_t cin, const float *wk,
     }
 }
 
-/* dst[r0 + r][c] = epilogue(acc[r][c]) for the tile's rows: acc * scale + shift (either may be
- * NULL), then max(., 0) with relu; acc may be dst's own rows (ldw == cout). While the tile is
- * still in cache this costs a fraction of a separate pass over the output per step. */
+/* dst[r][c] = epilogue(acc[r][c]) for the tile's rows: acc * scale + shift + residual[r][c]
+ * (each may be NULL), then max(., 0) with relu; acc may be dst's own rows (ldw == cout). While
+ * the tile is still in cache this costs a fraction of a separate pass over the output per step. */
 static void store_tile(const float *acc, int64_t ldw, int64_t rows, int64_t cout,
-                       const float *scale, const float *shift, int relu, float *dst) {
+                       const float *scale, const float *shift, const float *residual, int relu,
+                       float *dst) {
     for (int64_t r = 0; r < rows; ++r) {
         const float *a = acc + r * ldw;
+        const float *res = residual ? residual + r * cout : NULL;
         float *o = dst + r * cout;
         for (int64_t c = 0; c < cout; ++c) {
             float v = a[c];
             if (scale) v *= scale[c];
             if (shift) v += shift[c];
+            if (res) v += res[c];
             if (relu) v = v > 0.0f ? v : 0.0f;
             o[c] = v;
         }
@@ -222,13 +225,13 @@ static void store_tile(const float *acc, int64_t ldw, int64_t rows, int64_t cout
  * src [n_src, cin], w [K, ldw / panel, cin, panel] (panel-major; panel 16 or sc_max_panel(),
  * ldw a multiple of it, columns >= cout zero),
  * nbmap [n_dst, K] int32 (-1: no neighbour), dst [n_dst, cout]; scale, shift [cout] or NULL,
- * relu 0 or 1 (store_tile). Returns 0; bit 1 when nbmap names a row outside src, bit 2 when memory ran out (dst is then
+ * residual [n_dst, cout] or NULL, relu 0 or 1 (store_tile). Returns 0; bit 1 when nbmap names a row outside src, bit 2 when memory ran out (dst is then
  * incomplete). */
 int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *w, int64_t ldw,
                      int64_t cout, const int32_t *nbmap, int64_t n_dst, int64_t K, float *dst,
                      int64_t tile, int64_t panel, const float *scale, const float *shift,
-                     int relu, int n_threads) {
-    const int epilogue = scale || shift || relu;
+                     const float *residual, int relu, int n_threads) {
+    const int epilogue = scale || shift || residual || relu;
     if (panel != NR && panel != WIDE) return 4;
     const int64_t n_tiles = (n_dst + tile - 1) / tile;
     int bad = 0;
@@ -256,7 +259,8 @@ int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *
                 multiply_listed_rows(src, cin, w + k * cin * ldw, ldw, panel, list_src + k * tile,
                                      list_row + k * tile, count[k], tacc);
             if (epilogue)
-                store_tile(tacc, ldw, rows, cout, scale, shift, relu, dst + r0 * cout);
+                store_tile(tacc, ldw, rows, cout, scale, shift,
+                           residual ? residual + r0 * cout : NULL, relu, dst + r0 * cout);
             else if (tacc == acc)
                 for (int64_t r = 0; r < rows; ++r)
                     memcpy(dst + (r0 + r) * cout, acc + r * ldw, sizeof(float) * cout);

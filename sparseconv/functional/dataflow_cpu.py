@@ -52,8 +52,9 @@ def fused_forward(
         return out if epilogue is None else epilogue.apply_(out)
     if epilogue is None:
         return kernels.implicit_gemm(x, weight, kmap.nbmap)
+    residual = None if epilogue.residual is None else epilogue.residual.float()
     return kernels.implicit_gemm(
-        x, weight, kmap.nbmap, epilogue.scale, epilogue.shift, epilogue.relu
+        x, weight, kmap.nbmap, epilogue.scale, epilogue.shift, epilogue.relu, residual
     )
 
 

@@ -17,11 +17,14 @@ import torch
 
 @dataclass(frozen=True)
 class Epilogue:
-    """``y = acc * scale + shift``, then ``max(y, 0)`` when ``relu``; ``None`` skips a term."""
+    """``y = acc * scale + shift + residual``, then ``max(y, 0)`` when ``relu``; ``None`` skips
+    a term. ``residual`` (``[N_out, Cout]``) is a residual block's shortcut, added before the
+    block's final ReLU."""
 
     scale: torch.Tensor | None = None
     shift: torch.Tensor | None = None
     relu: bool = False
+    residual: torch.Tensor | None = None
 
     def with_bias(self, bias: torch.Tensor | None) -> Epilogue:
         """The epilogue of ``(acc + bias)`` followed by this one: the bias folded into the shift."""
@@ -30,7 +33,7 @@ class Epilogue:
         shift = bias if self.scale is None else bias * self.scale
         if self.shift is not None:
             shift = shift + self.shift
-        return Epilogue(self.scale, shift, self.relu)
+        return Epilogue(self.scale, shift, self.relu, self.residual)
 
     def apply_(self, feats: torch.Tensor) -> torch.Tensor:
         """``feats`` (a fresh conv output nobody else holds) overwritten with the result."""
@@ -40,6 +43,8 @@ class Epilogue:
             feats.mul_(self.scale.to(feats.dtype))
         elif self.shift is not None:
             feats.add_(self.shift.to(feats.dtype))
+        if self.residual is not None:
+            feats.add_(self.residual.to(feats.dtype))
         if self.relu:
             feats.relu_()
         return feats

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sparseconv import nn as snn
+from sparseconv.nn.pointwise import is_plain_relu
 from sparseconv.tensor import SparseTensor
 
 
@@ -42,11 +43,13 @@ class ResidualBlock(nn.Module):
         self.relu = snn.ReLU(True)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        y = self.main(x)
-        skip = self.shortcut(x).feats
         if torch.is_grad_enabled():
-            return self.relu(y.replace_feats(y.feats + skip))
-        # inference: y is main's fresh output, held by no one else; add into it
+            y = self.main(x)
+            return self.relu(y.replace_feats(y.feats + self.shortcut(x).feats))
+        skip = self.shortcut(x).feats
+        if is_plain_relu(self.relu):  # inference: the add and ReLU in main's last conv's epilogue
+            return self.main(x, residual=skip)
+        y = self.main(x)  # main's fresh output, held by no one else: add into it
         return self.relu(y.replace_feats(y.feats.add_(skip)))
 
 

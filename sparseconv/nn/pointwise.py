@@ -93,18 +93,26 @@ class Sequential(nn.Sequential):
     the sequence can hold the conv's fresh output, so the result is the same. A conv with hooks
     (which may look at that output) runs alone, and the norm then normalises its output in place
     (:meth:`BatchNorm.apply_in_place_`).
+
+    ``residual`` (inference; a residual block's shortcut features) makes the result
+    ``relu(sequence(x) + residual)``, added and rectified in the last conv's epilogue when the
+    sequence ends with a conv and its norm.
     """
 
-    def forward(self, x):  # type: ignore[override]
+    def forward(self, x, residual: torch.Tensor | None = None):  # type: ignore[override]
         modules = list(self)
         i = 0
         while i < len(modules):
             module, rest = modules[i], modules[i + 1 :]
             norm = rest[0] if rest and isinstance(rest[0], BatchNorm) else None
             if norm is not None and isinstance(module, Conv3d) and norm.can_apply_in_place():
-                relu = len(rest) > 1 and _plain_relu(rest[1])
+                relu = len(rest) > 1 and is_plain_relu(rest[1])
                 if _fusable(module):
-                    x = module(x, epilogue=norm.epilogue(relu))
+                    epilogue = norm.epilogue(relu)
+                    if residual is not None and len(rest) == 1:  # the last step: add, rectify
+                        epilogue = Epilogue(epilogue.scale, epilogue.shift, True, residual)
+                        residual = None
+                    x = module(x, epilogue=epilogue)
                     i += 3 if relu else 2
                     continue
                 x = norm.apply_in_place_(module(x))
@@ -112,6 +120,8 @@ class Sequential(nn.Sequential):
                 continue
             x = module(x)
             i += 1
+        if residual is not None:
+            x = x.replace_feats(torch.relu(x.feats + residual))
         return x
 
 
@@ -122,5 +132,6 @@ def _fusable(conv: nn.Module) -> bool:
     )
 
 
-def _plain_relu(module: nn.Module) -> bool:
+def is_plain_relu(module: nn.Module) -> bool:
+    """A ``ReLU`` that no hook watches (its effect may move into a conv's epilogue)."""
     return type(module) is ReLU and not (module._forward_hooks or module._forward_pre_hooks)

@@ -32,6 +32,21 @@ def test_the_kernels_epilogue_equals_the_same_steps_after_it(c_out, terms):
         kernels.implicit_gemm(src, w, nbmap, torch.ones(c_out + 1))
 
 
+@needs_cpu_kernels
+@pytest.mark.parametrize("c_out", [8, 24])
+def test_a_residual_is_added_before_the_relu(c_out):
+    torch.manual_seed(1)
+    coords = random_coords(300, extent=10, seed=1)
+    nbmap = build_kernel_map(coords, 3).nbmap
+    src, w = torch.randn(len(coords), 5), torch.randn(27, 5, c_out)
+    scale, shift, res = torch.randn(c_out), torch.randn(c_out), torch.randn(len(coords), c_out)
+    got = kernels.implicit_gemm(src, w, nbmap, scale, shift, True, res)
+    want = torch.relu(kernels.implicit_gemm(src, w, nbmap) * scale + shift + res)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="residual must have shape"):
+        kernels.implicit_gemm(src, w, nbmap, residual=res[1:])
+
+
 @pytest.mark.parametrize("dataflow", ["torch", "cpu_implicit_gemm"])
 @pytest.mark.parametrize("kernel_size,stride", [(3, 1), (1, 1), (2, 2)])
 def test_conv3d_with_an_epilogue_equals_conv_bias_norm_relu(dataflow, kernel_size, stride):
