@@ -225,8 +225,8 @@ static void store_tile(const float *acc, int64_t ldw, int64_t rows, int64_t cout
  * src [n_src, cin], w [K, ldw / panel, cin, panel] (panel-major; panel 16 or sc_max_panel(),
  * ldw a multiple of it, columns >= cout zero),
  * nbmap [n_dst, K] int32 (-1: no neighbour), dst [n_dst, cout]; scale, shift [cout] or NULL,
- * residual [n_dst, cout] or NULL, relu 0 or 1 (store_tile). Returns 0; bit 1 when nbmap names a row outside src, bit 2 when memory ran out (dst is then
- * incomplete). */
+ * residual [n_dst, cout] or NULL, relu 0 or 1 (store_tile). Returns 0; bit 1 when nbmap names
+ * a row outside src, bit 2 when memory ran out (dst is then incomplete). */
 int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *w, int64_t ldw,
                      int64_t cout, const int32_t *nbmap, int64_t n_dst, int64_t K, float *dst,
                      int64_t tile, int64_t panel, const float *scale, const float *shift,

@@ -50,8 +50,7 @@ def fused_forward(
     if kmap.kernel_volume == 1 and kmap.submanifold:
         out = x @ weight[0]
         return out if epilogue is None else epilogue.apply_(out)
-    if epilogue is None:
-        return kernels.implicit_gemm(x, weight, kmap.nbmap)
+    epilogue = epilogue or Epilogue()
     residual = None if epilogue.residual is None else epilogue.residual.float()
     return kernels.implicit_gemm(
         x, weight, kmap.nbmap, epilogue.scale, epilogue.shift, epilogue.relu, residual

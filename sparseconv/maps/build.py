@@ -11,7 +11,12 @@ from sparseconv.maps import device as device_maps
 from sparseconv.maps import keys as coord_keys
 from sparseconv.maps import output_coords, tables
 from sparseconv.maps.cache import MapCache
-from sparseconv.maps.kernel_map import KernelMap, from_neighbor_matrix, submanifold_from_half
+from sparseconv.maps.kernel_map import (
+    KernelMap,
+    check_kept_offsets,
+    from_neighbor_matrix,
+    submanifold_from_half,
+)
 from sparseconv.maps.neighbors import METHODS, neighbor_matrix
 from sparseconv.maps.offsets import (
     Triple,
@@ -65,11 +70,6 @@ def build_kernel_map(
     about the centre is searched for the kept offsets alone (half of them, then mirrored); any
     other subset is taken from the full map, which is built (and cached) first.
     """
-    if kept_offsets is not None:
-        return _subset_map(
-            coords, kernel_size, stride, dilation, method, downsample_mode, tensor_stride,
-            transposed, cache, check, padding, output_bounds, submanifold, tuple(kept_offsets),
-        )  # fmt: skip
     ks = as_triple(kernel_size, "kernel_size")
     if max(ks) > 5:
         raise ValueError(f"kernel_size must be at most 5 per axis, got {ks}")
@@ -98,13 +98,26 @@ def build_kernel_map(
     if s == (1, 1, 1) and not transposed and not submanifold:
         downsample_mode = "spconv"  # the only rule that generates outputs at stride 1
     key = (ts, ks, s, d, transposed, downsample_mode, pad, bounds, submanifold)
+    if kept_offsets is not None:
+        kept_offsets = tuple(kept_offsets)
+    if cache is not None:  # a hit (every layer after a stride's first) costs a dict lookup
+        hit = cache.kmaps.get(key if kept_offsets is None else ("offsets", key, kept_offsets))
+        if hit is not None:
+            return hit
+    offsets = kernel_offsets(ks, centred=s == (1, 1, 1) and (submanifold or transposed))
+    geometry = _Geometry(ks, s, d, ts, pad, bounds, downsample_mode, submanifold)
+    if kept_offsets is not None:
+        return _subset_map(coords, key, geometry, offsets, method, cache, check, kept_offsets)
+    return _cached_map(coords, key, geometry, offsets, method, cache, check)
+
+
+def _cached_map(coords, key, geometry: _Geometry, offsets, method, cache, check) -> KernelMap:
+    """The map of ``key`` from ``cache``, else built (coordinates checked first) and cached."""
     if cache is not None and key in cache.kmaps:
         return cache.kmaps[key]  # checked when it was built; a hit costs no device sync
     coord_keys.check_coords(coords, values=check)
     check_rows(coords.shape[0], "input")
-    offsets = kernel_offsets(ks, centred=s == (1, 1, 1) and (submanifold or transposed))
-    geometry = _Geometry(ks, s, d, ts, pad, bounds, downsample_mode, submanifold)
-    if transposed:
+    if key[4]:  # transposed
         kmap = _transposed(coords, geometry, offsets, method, cache)
     else:
         kmap = _forward(coords, geometry, offsets, method, cache)
@@ -113,55 +126,33 @@ def build_kernel_map(
     return kmap
 
 
-def _subset_map(
-    coords,
-    kernel_size,
-    stride,
-    dilation,
-    method,
-    downsample_mode,
-    tensor_stride,
-    transposed,
-    cache,
-    check,
-    padding,
-    output_bounds,
-    submanifold,
-    kept,
-) -> KernelMap:
-    """:func:`build_kernel_map` restricted to the offsets ``kept``."""
-    ks = as_triple(kernel_size, "kernel_size")
-    volume = ks[0] * ks[1] * ks[2]
-    if any(not 0 <= k < volume for k in kept) or len(set(kept)) != len(kept):
-        raise ValueError(f"kept offsets {list(kept)} must be distinct indices below {volume}")
-    full_args = (coords, kernel_size, stride, dilation, method, downsample_mode, tensor_stride,
-                 transposed, cache, check, padding, output_bounds, submanifold)  # fmt: skip
+def _subset_map(coords, key, geometry: _Geometry, offsets, method, cache, check, kept):
+    """The map of ``key`` restricted to the offsets ``kept``: a submanifold map of a
+    mirror-symmetric subset is searched for those offsets alone (unless the full map is cached
+    already), any other subset restricted from the full map."""
+    check_kept_offsets(kept, len(offsets))
     direct = (
-        submanifold
-        and as_triple(stride, "stride") == (1, 1, 1)
-        and not transposed
-        and all(k % 2 == 1 for k in ks)
-        and mirror_symmetric(kept, volume)
+        geometry.submanifold
+        and geometry.plain
+        and all(k % 2 == 1 for k in geometry.kernel_size)
+        and mirror_symmetric(kept, len(offsets))
         and tables.native(coords.device)
     )
-    ts = as_triple(tensor_stride, "tensor_stride")
-    d = as_triple(dilation, "dilation")
-    if cache is not None and cache.coords.get(ts) is not coords:
-        cache = None
-    key = ("offsets", ts, ks, d, kept)
-    full_key = (ts, ks, (1, 1, 1), d, False, "minkowski", (0, 0, 0), None, True)
-    if not direct or (cache is not None and full_key in cache.kmaps):
-        return build_kernel_map(*full_args).select_offsets(kept)
-    if cache is not None and key in cache.kmaps:
-        return cache.kmaps[key]
+    if not direct or (cache is not None and key in cache.kmaps):
+        return _cached_map(coords, key, geometry, offsets, method, cache, check).select_offsets(
+            kept
+        )
+    subset_key = ("offsets", key, kept)
+    if cache is not None and subset_key in cache.kmaps:
+        return cache.kmaps[subset_key]
     coord_keys.check_coords(coords, values=check)
     check_rows(coords.shape[0], "input")
-    all_offsets = kernel_offsets(ks, centred=True)
-    offsets = [all_offsets[k] for k in kept]
-    shifts = scaled_offsets(offsets, d, ts, (0, 0, 0)).to(coords.device)
-    kmap = _native_map(coord_keys.pack(coords), coords, coords, shifts, offsets, method, True)
+    chosen = [offsets[k] for k in kept]
+    shifts = scaled_offsets(chosen, geometry.dilation, geometry.tensor_stride, geometry.padding)
+    kmap = _native_map(coord_keys.pack(coords), coords, coords, shifts.to(coords.device), chosen,
+                       method, True)  # fmt: skip
     if cache is not None:
-        cache.kmaps[key] = kmap
+        cache.kmaps[subset_key] = kmap
     return kmap
 
 

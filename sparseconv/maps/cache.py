@@ -4,9 +4,8 @@ Every ``SparseTensor`` derived from the same input (by a conv, a norm, an activa
 ``MapCache``, so each distinct map is built once per forward pass: all submanifold layers at a
 stride reuse one map, and a transposed conv finds the map of the strided conv that it inverts and
 the coordinates it must return to. Keys are ``(tensor_stride, kernel_size, stride, dilation,
-transposed, downsample_mode, padding, output_bounds, submanifold)``, and ``("offsets",
-tensor_stride, kernel_size, dilation, kept)`` for a submanifold map built for some kernel offsets
-only (kernel-offset pruning); the mapper (hash or merge-sort) is not part of the key because both
+transposed, downsample_mode, padding, output_bounds, submanifold)``, and ``("offsets", key,
+kept)`` for a submanifold map built for some kernel offsets only (kernel-offset pruning); the mapper (hash or merge-sort) is not part of the key because both
 produce identical maps.
 """
 

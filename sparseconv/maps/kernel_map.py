@@ -191,10 +191,7 @@ class KernelMap:
         """The map of the offsets ``kept`` (indices into ``offsets``, in weight order), built
         once per subset: a conv whose pruned offsets are gone gathers and multiplies only these.
         The result is not flagged submanifold (its identity offset is no longer at ``K // 2``)."""
-        if any(not 0 <= k < self.kernel_volume for k in kept) or len(set(kept)) != len(kept):
-            raise ValueError(
-                f"kept offsets {list(kept)} must be distinct indices below {self.kernel_volume}"
-            )
+        check_kept_offsets(kept, self.kernel_volume)
         if list(kept) == list(range(self.kernel_volume)):
             return self
 
@@ -224,6 +221,12 @@ class KernelMap:
             return self.transposed(placeholder)
 
         return self.plan(PlanKind.TRANSPOSED, build)
+
+
+def check_kept_offsets(kept: tuple[int, ...], volume: int) -> None:
+    """ValueError unless ``kept`` are distinct offset indices below ``volume``."""
+    if any(not 0 <= k < volume for k in kept) or len(set(kept)) != len(kept):
+        raise ValueError(f"kept offsets {list(kept)} must be distinct indices below {volume}")
 
 
 def from_neighbor_matrix(

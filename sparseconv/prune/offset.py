@@ -241,8 +241,9 @@ def _choose(targets, scores, ratio: float, scope: str, units: list[list[str]], s
                 total[k] = total.get(k, 0.0) + v / (mean or 1.0) / len(names)
         if symmetric:
             grouped: dict[tuple[int, ...], float] = {}
+            present = set(total)
             for k, v in total.items():
-                group = tuple(sorted({k, volume - 1 - k} & set(total)))
+                group = tuple(sorted({k, volume - 1 - k} & present))
                 grouped[group] = grouped.get(group, 0.0) + v
             candidates += [(v, u, g) for g, v in grouped.items()]
         else:

@@ -231,6 +231,8 @@ def test_a_mirror_symmetric_subset_map_is_built_for_its_offsets_alone():
     assert torch.equal(lopsided.nbmap, full.nbmap[:, [0, 13]])
     with pytest.raises(ValueError, match="distinct indices below 27"):
         build.build_kernel_map(x.coords, 3, kept_offsets=(13, 27))
+    with pytest.raises(ValueError, match="padding"):  # checked as for the full map
+        build.build_kernel_map(x.coords, 3, padding=1, kept_offsets=kept)
 
 
 def test_work_and_efficiency_rank_equal_weights_by_their_pairs():
