@@ -9,6 +9,9 @@ Reference: ``sparseconv.functional.dataflow_torch`` (tests compare the two).
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 
 from sparseconv.kernels import cpu_library
@@ -88,6 +91,30 @@ def implicit_gemm(
     ``[N_dst, K]``. Deterministic: each output row is summed by one thread in offset order.
     """
     _check_inputs(src=src, weight=weight)
+    src, nbmap, terms = _prepared(src, weight, nbmap, scale, shift, residual, torch.float32)
+    k, cin, cout = weight.shape
+    panel = _panel(cout)
+    w = _panel_major_weight(weight, panel)
+    n_dst = nbmap.shape[0]
+    dst = src.new_empty((n_dst, cout))
+    if n_dst == 0:
+        return dst
+    ldw = _panel_width(cout, panel)
+    rc = cpu_library.lib().sc_implicit_gemm(
+        src.data_ptr(), src.shape[0], cin, w.data_ptr(), ldw, cout, nbmap.data_ptr(),
+        n_dst, k, dst.data_ptr(), _tile_rows(ldw), panel, *_pointers(terms), int(relu),
+        available_threads(),
+    )  # fmt: skip
+    _check(rc, "implicit_gemm")
+    return dst
+
+
+def _tile_rows(ldw: int) -> int:
+    return max(16, min(TILE_MAX, TILE_FLOATS // ldw))
+
+
+def _prepared(src, weight, nbmap, scale, shift, residual, dtype: torch.dtype):
+    """Checked, contiguous operands and the epilogue's pointers ``(scale, shift, residual)``."""
     src = src.contiguous()
     nbmap = nbmap.to(torch.int32).contiguous()
     k, cin, cout = weight.shape
@@ -101,23 +128,74 @@ def implicit_gemm(
         if residual.shape != (nbmap.shape[0], cout):
             raise ValueError(f"residual must have shape [{nbmap.shape[0]}, {cout}] (the output's), "
                              f"got {list(residual.shape)}")  # fmt: skip
-        _check_inputs(residual=residual)
-        residual = residual.contiguous()
+        residual = residual.to(dtype).contiguous()
     terms.append(residual)
-    panel = _panel(cout)
-    w = _panel_major_weight(weight, panel)
+    return src, nbmap, terms
+
+
+def _pointers(tensors: list[torch.Tensor | None]) -> list[int | None]:
+    return [t.data_ptr() if t is not None else None for t in tensors]
+
+
+# AMX tile geometry (implicit_gemm_amx.c): bf16 input channels per tile row, fp32 columns
+AMX_CHUNK = 32
+AMX_PANEL = 16
+
+
+@functools.cache
+def amx_available() -> bool:
+    """Whether the bf16 kernel can run here: the library was built for a CPU with AMX-BF16, the
+    OS let this process use the tile registers, and ``$SPARSECONV_AMX`` is not ``0`` (which
+    makes bf16 convolutions widen to float32 as on other CPUs)."""
+    if os.environ.get("SPARSECONV_AMX", "1") == "0":
+        return False
+    return available() and bool(cpu_library.lib().sc_amx_ready())
+
+
+def _vnni_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``[K, Cin, Cout]`` bf16 as the AMX kernel's blocks ``[K, panels, chunks, 16, 16, 2]``:
+    Cin zero-padded to whole 32-channel chunks, Cout to whole 16-column panels, and each
+    chunk's channels paired (row ``i`` of a block holds channels ``2i`` and ``2i + 1`` of every
+    column), the layout TDPBF16PS multiplies."""
+    k, cin, cout = weight.shape
+    cin_p, ldw = _panel_width(cin, AMX_CHUNK), _panel_width(cout, AMX_PANEL)
+    padded = weight.new_zeros((k, cin_p, ldw))
+    padded[:, :cin, :cout] = weight
+    blocks = padded.view(k, cin_p // AMX_CHUNK, AMX_CHUNK // 2, 2, ldw // AMX_PANEL, AMX_PANEL)
+    return blocks.permute(0, 4, 1, 2, 5, 3).contiguous()
+
+
+def implicit_gemm_bf16(
+    src: torch.Tensor,
+    weight: torch.Tensor,
+    nbmap: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    relu: bool = False,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`implicit_gemm` for bfloat16 ``src`` and ``weight`` on AMX: products summed in
+    float32, the epilogue in float32, each output rounded to bfloat16 once (the semantics of
+    widening to float32 and rounding the result, up to the order of the float32 sums)."""
+    for name, t in (("src", src), ("weight", weight)):
+        if t.device.type != "cpu" or t.dtype != torch.bfloat16:
+            raise TypeError(f"{name} must be a bfloat16 CPU tensor, got {t.dtype} on {t.device}")
+    src, nbmap, terms = _prepared(src, weight, nbmap, scale, shift, residual, torch.bfloat16)
+    k, cin, cout = weight.shape
     n_dst = nbmap.shape[0]
     dst = src.new_empty((n_dst, cout))
     if n_dst == 0:
         return dst
-    ldw = _panel_width(cout, panel)
-    tile = max(16, min(TILE_MAX, TILE_FLOATS // ldw))
-    rc = cpu_library.lib().sc_implicit_gemm(
-        src.data_ptr(), src.shape[0], cin, w.data_ptr(), ldw, cout, nbmap.data_ptr(),
-        n_dst, k, dst.data_ptr(), tile, panel, *(t.data_ptr() if t is not None else None
-                                                 for t in terms), int(relu), available_threads(),
+    w = _vnni_weight(weight)
+    cin_p, ldw = _panel_width(cin, AMX_CHUNK), _panel_width(cout, AMX_PANEL)
+    rc = cpu_library.lib().sc_implicit_gemm_bf16(
+        src.data_ptr(), src.shape[0], cin, w.data_ptr(), cin_p, ldw, cout, nbmap.data_ptr(),
+        n_dst, k, dst.data_ptr(), _tile_rows(ldw), *_pointers(terms), int(relu),
+        available_threads(),
     )  # fmt: skip
-    _check(rc, "implicit_gemm")
+    if rc & 8:
+        raise RuntimeError("implicit_gemm_bf16: this CPU or build has no usable AMX-BF16")
+    _check(rc, "implicit_gemm_bf16")
     return dst
 
 

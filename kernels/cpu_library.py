@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 SOURCES = sorted(Path(__file__).with_name("cpu").glob("*.c"))
+HEADERS = sorted(Path(__file__).with_name("cpu").glob("*.h"))
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
 
 
@@ -37,6 +38,9 @@ SIGNATURES = {
     "sc_implicit_gemm": [_PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64,
                          _PTR, _PTR, _PTR, _INT, _INT],
     "sc_max_panel": [],
+    "sc_amx_ready": [],
+    "sc_implicit_gemm_bf16": [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _I64, _I64, _PTR,
+                              _I64, _PTR, _PTR, _PTR, _INT, _INT],
     "sc_weight_grad": [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR,
                        _I64, _INT],
     "sc_search_sorted": [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _INT],
@@ -85,7 +89,7 @@ def _trusted(folder: Path) -> bool:
 
 def _library_name(cc: str) -> str:
     digest = hashlib.sha256(" ".join([cc, *_flags(), _cpu_fingerprint()]).encode())
-    for source in SOURCES:
+    for source in [*SOURCES, *HEADERS]:
         digest.update(source.name.encode() + source.read_bytes())
     return f"sparseconv_cpu_{digest.hexdigest()[:16]}.so"
 

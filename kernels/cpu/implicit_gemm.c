@@ -22,6 +22,8 @@
 #include <string.h>
 #include <omp.h>
 
+#include "tiles.h"
+
 #define NR 16 /* columns per register block (one 16-float panel of the padded weight) */
 
 #if defined(__AVX512F__)
@@ -133,9 +135,8 @@ static void rows_times_wide_panel_any(int R, const float *const *src, const floa
 /* The widest weight panel this build's register kernels take (the caller packs weights so). */
 int sc_max_panel(void) { return WIDE; }
 
-/* Lists each offset's neighbours of the tile rows [r0, r0 + rows): list_src[k * tile + i] is an
- * input row, list_row[...] the tile row it feeds. Returns 1 if an input row is out of range. */
-static int bucket_tile(const int32_t *nbmap, int64_t r0, int64_t rows, int64_t K, int64_t n_src,
+/* tiles.h: each offset's neighbours of one tile of output rows */
+int sc_bucket_tile(const int32_t *nbmap, int64_t r0, int64_t rows, int64_t K, int64_t n_src,
                        int64_t tile, int32_t *list_src, int32_t *list_row, int64_t *count) {
     int bad = 0;
     memset(count, 0, sizeof(int64_t) * K);
@@ -254,7 +255,7 @@ int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *
             /* with cout == ldw the tile's own output rows are the accumulators */
             float *tacc = cout == ldw ? dst + r0 * cout : acc;
             memset(tacc, 0, sizeof(float) * rows * ldw);
-            bad |= bucket_tile(nbmap, r0, rows, K, n_src, tile, list_src, list_row, count);
+            bad |= sc_bucket_tile(nbmap, r0, rows, K, n_src, tile, list_src, list_row, count);
             for (int64_t k = 0; k < K; ++k)
                 multiply_listed_rows(src, cin, w + k * cin * ldw, ldw, panel, list_src + k * tile,
                                      list_row + k * tile, count[k], tacc);

@@ -1,0 +1,143 @@
+"""The bfloat16 AMX kernel (``implicit_gemm_amx.c``): same sums as widening to float32.
+
+Products of bf16 numbers are exact in float32, so the AMX kernel and the float32 kernel on
+widened operands compute the same sums in a different order: their bf16 outputs agree to one
+bf16 rounding step, almost all of them bit for bit. Skipped on CPUs without AMX-BF16.
+"""
+
+import pytest
+import torch
+from reference import random_coords
+
+import sparseconv as sc
+from sparseconv.functional import conv3d, dataflow_cpu
+from sparseconv.kernels import cpu_implicit_gemm as kernels
+from sparseconv.maps import build_kernel_map
+
+needs_amx = pytest.mark.skipif(
+    not kernels.amx_available(), reason="this CPU (or build) has no usable AMX-BF16"
+)
+
+
+def _widened(x, w, nbmap, **epilogue):
+    """The float32 kernel on the same bf16 operands, rounded once: the reference."""
+    scale, shift, residual = (epilogue.get(k) for k in ("scale", "shift", "residual"))
+    residual = None if residual is None else residual.float()
+    out = kernels.implicit_gemm(
+        x.float(), w.float(), nbmap, scale, shift, epilogue.get("relu", False), residual
+    )
+    return out.bfloat16()
+
+
+def _assert_one_rounding_apart(got, want):
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    # one bf16 step (2**-8 relative) is the most the order of float32 sums can change
+    torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=1e-3)
+    assert (got == want).float().mean() > 0.99
+
+
+@needs_amx
+@pytest.mark.parametrize("c_in,c_out", [(1, 1), (4, 32), (7, 13), (32, 64), (33, 70), (96, 80)])
+def test_amx_forward_equals_the_widened_float32_kernel(c_in, c_out):
+    """Cin not a multiple of 32 and Cout not of 16 (zero padding), more than 4 panels of 16,
+    row groups shorter than 16."""
+    coords = random_coords(700, extent=10, seed=c_in + c_out)
+    nbmap = build_kernel_map(coords, 3).nbmap
+    torch.manual_seed(0)
+    x = torch.randn(len(coords), c_in).bfloat16()
+    w = (torch.randn(27, c_in, c_out) / c_in**0.5).bfloat16()
+    _assert_one_rounding_apart(kernels.implicit_gemm_bf16(x, w, nbmap), _widened(x, w, nbmap))
+
+
+@needs_amx
+@pytest.mark.parametrize("terms", ["scale shift relu", "residual relu", "scale residual"])
+def test_amx_epilogue_equals_the_float32_epilogue(terms):
+    coords = random_coords(500, extent=9, seed=3)
+    nbmap = build_kernel_map(coords, 3).nbmap
+    torch.manual_seed(1)
+    x = torch.randn(len(coords), 24).bfloat16()
+    w = (torch.randn(27, 24, 40) * 0.2).bfloat16()
+    epilogue = {
+        "scale": torch.rand(40) + 0.5 if "scale" in terms else None,
+        "shift": torch.randn(40) if "shift" in terms else None,
+        "residual": torch.randn(len(coords), 40).bfloat16() if "residual" in terms else None,
+        "relu": "relu" in terms,
+    }
+    got = kernels.implicit_gemm_bf16(x, w, nbmap, **epilogue)
+    _assert_one_rounding_apart(got, _widened(x, w, nbmap, **epilogue))
+    if epilogue["relu"]:
+        assert (got >= 0).all()
+
+
+@needs_amx
+def test_amx_is_deterministic_across_thread_counts():
+    coords = random_coords(2000, extent=14, seed=5)
+    nbmap = build_kernel_map(coords, 3).nbmap
+    x = torch.randn(len(coords), 64).bfloat16()
+    w = (torch.randn(27, 64, 48) * 0.1).bfloat16()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.implicit_gemm_bf16(x, w, nbmap)
+        torch.set_num_threads(2)
+        two = kernels.implicit_gemm_bf16(x, w, nbmap)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+@needs_amx
+def test_amx_bad_inputs_are_errors():
+    x = torch.randn(3, 4).bfloat16()
+    w = torch.randn(27, 4, 2).bfloat16()
+    nb = torch.full((2, 27), -1, dtype=torch.int32)
+    nb[1, 0] = 3  # x has rows 0..2
+    with pytest.raises(IndexError, match="outside"):
+        kernels.implicit_gemm_bf16(x, w, nb)
+    with pytest.raises(TypeError, match="bfloat16"):
+        kernels.implicit_gemm_bf16(x.float(), w.float(), nb)
+    with pytest.raises(ValueError, match="disagree"):
+        kernels.implicit_gemm_bf16(x, w[:8], nb)
+    empty = kernels.implicit_gemm_bf16(x, w, nb[:0])
+    assert empty.shape == (0, 2)
+
+
+@needs_amx
+def test_a_bf16_conv_and_its_gradients_use_amx_and_match_float64(monkeypatch):
+    """conv3d on bf16 tensors: the forward pass and the input gradient run the AMX kernel (the
+    widening path is switched off to prove it), and both agree with float64."""
+    coords = random_coords(400, extent=9, seed=8)
+    torch.manual_seed(2)
+    x64 = torch.randn(len(coords), 12, dtype=torch.float64)
+    w64 = torch.randn(27, 12, 9, dtype=torch.float64) * 0.2
+    grad = torch.randn(len(coords), 9, dtype=torch.float64)
+    calls = []
+    amx = kernels.implicit_gemm_bf16
+    monkeypatch.setattr(
+        kernels, "implicit_gemm_bf16", lambda *a, **k: calls.append(1) or amx(*a, **k)
+    )
+
+    def grads(x, w, flow):
+        x, w = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        y = conv3d(sc.SparseTensor(x, coords), w, dataflow=flow).feats
+        return (y, *torch.autograd.grad((y * grad.to(y.dtype)).sum(), [x, w]))
+
+    want = grads(x64, w64, "torch")
+    got = grads(x64.bfloat16(), w64.bfloat16(), "cpu_implicit_gemm")
+    assert len(calls) == 2  # forward and input gradient
+    for g, r in zip(got, want):
+        assert g.dtype == torch.bfloat16
+        assert (g.double() - r).norm() / r.norm() < 1.5e-2
+
+
+@needs_amx
+def test_switching_amx_off_widens_instead(monkeypatch):
+    coords = random_coords(300, extent=9, seed=9)
+    km = build_kernel_map(coords, 3)
+    x = torch.randn(len(coords), 16).bfloat16()
+    w = (torch.randn(27, 16, 16) * 0.2).bfloat16()
+    on = dataflow_cpu.forward(x, w, km)
+    monkeypatch.setattr(kernels, "amx_available", lambda: False)
+    off = dataflow_cpu.forward(x, w, km)
+    assert off.dtype == torch.float32  # widened; the caller rounds it
+    _assert_one_rounding_apart(on, off.bfloat16())
