@@ -40,7 +40,6 @@
 #define ROWS 16   /* rows of a tile */
 #define CHUNK 32  /* bf16 input channels per tile row (64 bytes) */
 #define PANEL 16  /* fp32 output columns per tile row */
-#define PANELS 4  /* accumulator tiles held at once: 64 output columns */
 
 /* 1 when this build has AMX and the process may use it (asked for once), else 0. */
 int sc_amx_ready(void) {
@@ -97,7 +96,7 @@ struct tile_config {
     uint8_t rows[16];
 } __attribute__((packed));
 
-/* every tile 16 rows of 64 bytes: tmm0-3 fp32 accumulators, tmm4 inputs, tmm5-7 weights */
+/* every tile 16 rows of 64 bytes: tmm0-3 fp32 accumulators, tmm4-5 inputs, tmm6-7 weights */
 static void configure_tiles(void) {
     struct tile_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -109,53 +108,60 @@ static void configure_tiles(void) {
     _tile_loadconfig(&cfg);
 }
 
-/* acc[lr[i]] += src[ls[i]] @ wk for the n listed rows of one offset, 16 rows at a time.
- * abuf [16, cin_p] (columns >= cin stay zero), cbuf [16, 64] floats. */
+/* cbuf [32][32] = A @ [wp0 | wp1] for the 16 (or, with two_rows, 32) rows of abuf and one (or,
+ * with two_panels, two) 16-column weight panels: a 2 x 2 block of accumulator tiles, so each
+ * weight tile loaded (from L2) serves 32 rows and each input tile (from L1) 32 columns. */
+static inline __attribute__((always_inline)) void
+tile_block(const int two_rows, const int two_panels, const uint16_t *abuf, int64_t cin_p,
+           const uint16_t *wp0, const uint16_t *wp1, int64_t n_chunks, float *cbuf) {
+    const int64_t a_stride = cin_p * (int64_t)sizeof(uint16_t), block = ROWS * CHUNK;
+    const uint16_t *a1 = abuf + ROWS * cin_p;
+    _tile_zero(0);
+    if (two_panels) _tile_zero(1);
+    if (two_rows) _tile_zero(2);
+    if (two_rows && two_panels) _tile_zero(3);
+    for (int64_t c = 0; c < n_chunks; ++c) {
+        _tile_loadd(4, abuf + c * CHUNK, a_stride);
+        if (two_rows) _tile_loadd(5, a1 + c * CHUNK, a_stride);
+        _tile_loadd(6, wp0 + c * block, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if (two_rows) _tile_dpbf16ps(2, 5, 6);
+        if (two_panels) {
+            _tile_loadd(7, wp1 + c * block, 64);
+            _tile_dpbf16ps(1, 4, 7);
+            if (two_rows) _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    const int64_t ldc = 2 * PANEL * (int64_t)sizeof(float);
+    _tile_stored(0, cbuf, ldc);
+    if (two_panels) _tile_stored(1, cbuf + PANEL, ldc);
+    if (two_rows) _tile_stored(2, cbuf + ROWS * 2 * PANEL, ldc);
+    if (two_rows && two_panels) _tile_stored(3, cbuf + ROWS * 2 * PANEL + PANEL, ldc);
+}
+
+/* acc[lr[i]] += src[ls[i]] @ wk for the n listed rows of one offset, 32 rows at a time.
+ * abuf [32, cin_p] (columns >= cin stay zero), cbuf [32, 32] floats. */
 static void multiply_listed_rows_amx(const uint16_t *src, int64_t cin, int64_t cin_p,
                                      const uint16_t *wk, int64_t ldw, const int32_t *ls,
                                      const int32_t *lr, int64_t n, float *acc, uint16_t *abuf,
                                      float *cbuf) {
     const int64_t n_panels = ldw / PANEL, n_chunks = cin_p / CHUNK;
-    const int64_t block = ROWS * CHUNK; /* bf16 numbers in one packed weight block */
-    const int64_t a_stride = cin_p * (int64_t)sizeof(uint16_t);
-    for (int64_t g = 0; g < n; g += ROWS) {
-        const int R = n - g < ROWS ? (int)(n - g) : ROWS;
+    const int64_t panel_size = n_chunks * ROWS * CHUNK; /* bf16 numbers in one weight panel */
+    for (int64_t g = 0; g < n; g += 2 * ROWS) {
+        const int R = n - g < 2 * ROWS ? (int)(n - g) : 2 * ROWS;
         for (int r = 0; r < R; ++r)
             memcpy(abuf + r * cin_p, src + (int64_t)ls[g + r] * cin, sizeof(uint16_t) * cin);
-        for (int64_t p0 = 0; p0 < n_panels; p0 += PANELS) {
-            const int P = n_panels - p0 < PANELS ? (int)(n_panels - p0) : PANELS;
-            const uint16_t *w0 = wk + p0 * n_chunks * block, *w1 = w0 + n_chunks * block;
-            const uint16_t *w2 = w1 + n_chunks * block, *w3 = w2 + n_chunks * block;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int64_t c = 0; c < n_chunks; ++c) {
-                _tile_loadd(4, abuf + c * CHUNK, a_stride);
-                _tile_loadd(5, w0 + c * block, 64);
-                _tile_dpbf16ps(0, 4, 5);
-                if (P > 1) {
-                    _tile_loadd(6, w1 + c * block, 64);
-                    _tile_dpbf16ps(1, 4, 6);
-                }
-                if (P > 2) {
-                    _tile_loadd(7, w2 + c * block, 64);
-                    _tile_dpbf16ps(2, 4, 7);
-                }
-                if (P > 3) {
-                    _tile_loadd(5, w3 + c * block, 64);
-                    _tile_dpbf16ps(3, 4, 5);
-                }
-            }
-            const int64_t ldc = PANELS * PANEL * (int64_t)sizeof(float);
-            _tile_stored(0, cbuf, ldc);
-            if (P > 1) _tile_stored(1, cbuf + PANEL, ldc);
-            if (P > 2) _tile_stored(2, cbuf + 2 * PANEL, ldc);
-            if (P > 3) _tile_stored(3, cbuf + 3 * PANEL, ldc);
-            const int width = P * PANEL;
+        for (int64_t p = 0; p < n_panels; p += 2) {
+            const uint16_t *wp0 = wk + p * panel_size, *wp1 = wp0 + panel_size;
+            const int pair = p + 1 < n_panels;
+            if (R > ROWS && pair) tile_block(1, 1, abuf, cin_p, wp0, wp1, n_chunks, cbuf);
+            else if (R > ROWS) tile_block(1, 0, abuf, cin_p, wp0, wp1, n_chunks, cbuf);
+            else if (pair) tile_block(0, 1, abuf, cin_p, wp0, wp1, n_chunks, cbuf);
+            else tile_block(0, 0, abuf, cin_p, wp0, wp1, n_chunks, cbuf);
+            const int width = pair ? 2 * PANEL : PANEL;
             for (int r = 0; r < R; ++r) {
-                float *d = acc + (int64_t)lr[g + r] * ldw + p0 * PANEL;
-                const float *s = cbuf + r * PANELS * PANEL;
+                float *d = acc + (int64_t)lr[g + r] * ldw + p * PANEL;
+                const float *s = cbuf + r * 2 * PANEL;
                 for (int c = 0; c < width; ++c) d[c] += s[c];
             }
         }
@@ -186,8 +192,8 @@ int sc_implicit_gemm_bf16(const uint16_t *src, int64_t n_src, int64_t cin, const
         int32_t *list_src = malloc(sizeof(int32_t) * K * tile);
         int32_t *list_row = malloc(sizeof(int32_t) * K * tile);
         int64_t *count = malloc(sizeof(int64_t) * K);
-        uint16_t *abuf = calloc((size_t)(ROWS * cin_p), sizeof(uint16_t));
-        float *cbuf = malloc(sizeof(float) * ROWS * PANELS * PANEL);
+        uint16_t *abuf = calloc((size_t)(2 * ROWS * cin_p), sizeof(uint16_t));
+        float *cbuf = malloc(sizeof(float) * 2 * ROWS * 2 * PANEL);
         const int ok = acc && list_src && list_row && count && abuf && cbuf;
         if (ok) configure_tiles(); /* tile state is per thread */
         /* every thread must reach the work-sharing loop, even one without buffers */
