@@ -8,8 +8,10 @@ width 0.5 and 1.0, SPVCNN), in one interleaved run:
   step (forward, cross-entropy, backward, AdamW);
 * sparseconv at each thread count asked for (CPU), and the spconv twin of MinkUNet with the same
   weights (:mod:`sparseconv.bench.spconv_twin`), single-threaded on CPU (its only correct
-  setting; its CPU build cannot run backward, so CPU training has no peer); outputs are compared
-  before anything is timed;
+  setting; its CPU build cannot run backward, so CPU training has no peer, and it runs float32
+  only, so on CPU every dtype of ours is compared with its float32 twin); outputs (largest
+  relative difference, fraction of voxels given the same class) are compared before anything
+  is timed;
 * a breakdown of sparseconv's per-call inference and training step into map building,
   convolution kernels and everything else (:mod:`sparseconv.bench.breakdown`);
 * optionally ``torch.compile`` of the network, and ``background_load`` busy processes beside
