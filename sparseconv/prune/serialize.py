@@ -2,7 +2,8 @@
 
 One ``.npz`` file (read with ``allow_pickle=False``) holds every ``state_dict`` tensor plus a
 JSON description: the model class and constructor arguments, the shrunk shape of every layer
-(with the kept kernel offsets of an offset-pruned conv) and the kind of each mask. :func:`load` builds the original architecture, resizes each layer to
+(with the kept kernel offsets of an offset-pruned conv), the kind of each mask and the settings
+of each voxel-pruning layer. :func:`load` builds the original architecture, resizes each layer to
 the recorded shapes, re-attaches the masks and loads the tensors -- no code is unpickled, so a
 file from an untrusted source cannot run anything.
 """
@@ -19,6 +20,7 @@ from torch import nn
 
 from sparseconv import nn as snn
 from sparseconv.prune.masks import masked_layers, set_mask
+from sparseconv.prune.voxel import voxel_prune, voxel_pruners
 
 FORMAT = "sparseconv-pruned-v1"
 _META = "__sparseconv_meta__"
@@ -48,6 +50,7 @@ def save(model: nn.Module, path: str | Path) -> Path:
         "init_kwargs": init,
         "shapes": _layer_shapes(model),
         "masks": {n: m._sc_mask_kind for n, m in masked_layers(model).items()},
+        "voxel_prune": voxel_pruners(model),
         "dtypes": {},
     }
     arrays = {}
@@ -133,6 +136,8 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             if k != _META
         }
     model = model if model is not None else _build(meta)
+    for name, settings in meta.get("voxel_prune", {}).items():  # before resizing its scorer
+        voxel_prune(model, layers=[name], inplace=True, **settings)
     _resize(model, meta["shapes"])
     modules = dict(model.named_modules())
     for name, kind in meta["masks"].items():

@@ -62,6 +62,16 @@ def voxel_prune(
     return model
 
 
+def voxel_pruners(model: nn.Module) -> dict[str, dict]:
+    """``conv name -> voxel_prune settings`` of every voxel-pruning conv (what ``prune.save``
+    records, so that ``prune.load`` puts the same pruning layers back)."""
+    return {
+        name: {"keep_ratio": p.keep_ratio, "threshold": p.threshold, "score": p.score_kind}
+        for name, m in model.named_modules()
+        if isinstance(m, snn.Conv3d) and isinstance(p := getattr(m, _CHILD, None), VoxelPrune)
+    }
+
+
 def _prune_input(conv: nn.Module, args):
     return (getattr(conv, _CHILD)(args[0]), *args[1:])
 

@@ -117,3 +117,41 @@ def test_scatter_to_refuses_foreign_voxels():
         sc.nn.scatter_to(other, full)
     part = sc.SparseTensor(torch.full((1, 1), 7.0), torch.tensor([[0, 1, 0, 0]]).int())
     assert sc.nn.scatter_to(part, full).feats[:, 0].tolist() == [0.0, 7.0]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(keep_ratio=0.5),
+        dict(keep_ratio=0.6, score="learned"),
+        dict(keep_ratio=None, threshold=0.5),
+    ],
+)
+def test_saved_and_reloaded_voxel_pruned_models_prune_alike(kwargs, tmp_path):
+    """prune.save records each pruning layer's settings (and a learned scorer's weights), so the
+    reloaded model drops the same voxels: same voxel counts, same outputs."""
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25).eval()
+    x, _, _ = _points()
+    pruned = sc.prune.voxel_prune(net, layers=["down.0.0.0", "down.2.0.0"], **kwargs).eval()
+    sc.prune.save(pruned, tmp_path / "v.npz")
+    loaded = sc.prune.load(tmp_path / "v.npz").eval()
+    counts = sc.prune.voxel_counts(pruned, _fresh(x))
+    assert sc.prune.voxel_counts(loaded, _fresh(x)) == counts
+    assert any(k < n for n, k in counts.values())  # it does prune
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_fresh(x)), pruned(_fresh(x)))
+
+
+def test_a_channel_and_voxel_pruned_model_with_a_learned_score_reloads(tmp_path):
+    """The scorer is built on the channel-pruned width; the reloaded model resizes it too."""
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.5).eval()
+    x, _, _ = _points()
+    thin = sc.prune.channel_prune(net, _fresh(x), ratio=0.5, importance="l2")
+    pruned = sc.prune.voxel_prune(thin, keep_ratio=0.6, score="learned").eval()
+    assert pruned.down[0][0][0].voxel_prune.scorer.in_features < net.widths[0]
+    sc.prune.save(pruned, tmp_path / "cv.npz")
+    loaded = sc.prune.load(tmp_path / "cv.npz").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_fresh(x)), pruned(_fresh(x)))
