@@ -147,10 +147,16 @@ static void multiply_listed_rows_amx(const uint16_t *src, int64_t cin, int64_t c
                                      float *cbuf) {
     const int64_t n_panels = ldw / PANEL, n_chunks = cin_p / CHUNK;
     const int64_t panel_size = n_chunks * ROWS * CHUNK; /* bf16 numbers in one weight panel */
+    const int64_t row_bytes = cin * (int64_t)sizeof(uint16_t);
     for (int64_t g = 0; g < n; g += 2 * ROWS) {
         const int R = n - g < 2 * ROWS ? (int)(n - g) : 2 * ROWS;
         for (int r = 0; r < R; ++r)
-            memcpy(abuf + r * cin_p, src + (int64_t)ls[g + r] * cin, sizeof(uint16_t) * cin);
+            memcpy(abuf + r * cin_p, src + (int64_t)ls[g + r] * cin, row_bytes);
+        /* the next group's rows are scattered: fetch them while this one multiplies */
+        for (int64_t q = g + 2 * ROWS; q < g + 4 * ROWS && q < n; ++q) {
+            const char *row = (const char *)(src + (int64_t)ls[q] * cin);
+            for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(row + b);
+        }
         for (int64_t p = 0; p < n_panels; p += 2) {
             const uint16_t *wp0 = wk + p * panel_size, *wp1 = wp0 + panel_size;
             const int pair = p + 1 < n_panels;
