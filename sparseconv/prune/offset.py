@@ -16,7 +16,9 @@ Importance of offset ``k`` of a layer:
   costs: a latency-aware ranking that removes the busy offsets whose weights matter least, where
   ``"norm"`` mostly removes offsets that rarely find a neighbour (small weights, little work);
 * ``"taylor"``: ``sum_batches |<W[k], dL/dW[k]>|``, first-order Taylor (needs ``batches``
-  and ``loss_fn``).
+  and ``loss_fn``);
+* ``"random"``: seeded random scores, the baseline a ranking must beat (the same offsets on
+  every call).
 
 With ``symmetric`` (the default) offsets are removed in mirror pairs (``delta`` with
 ``-delta``, their scores summed), as many pairs as make at least ``ratio`` of the non-centre
@@ -46,7 +48,8 @@ from sparseconv import nn as snn
 from sparseconv.prune.importance import LossFn, Taylor
 from sparseconv.prune.tracing import layer_inputs
 
-IMPORTANCES = ("norm", "work", "efficiency", "taylor")
+IMPORTANCES = ("norm", "work", "efficiency", "taylor", "random")
+RANDOM_SEED = 0  # "random": the baseline every ranking must beat, the same on every call
 PATTERNS = ("cross", "shell19")
 
 
@@ -212,6 +215,9 @@ def _scores(model, targets, importance, pairs, batches, loss_fn) -> dict[str, to
     norms = {n: m.weight.detach().double().flatten(1).norm(dim=1) for n, m in targets.items()}
     if importance == "norm":
         return norms
+    if importance == "random":
+        g = torch.Generator().manual_seed(RANDOM_SEED)
+        return {n: torch.rand(len(v), generator=g, dtype=torch.float64) for n, v in norms.items()}
     if importance in ("work", "efficiency"):
         counts = {n: torch.tensor(pairs[n], dtype=torch.float64) for n in targets}
         if importance == "work":

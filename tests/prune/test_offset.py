@@ -53,7 +53,7 @@ def _copy(example):
     return _fresh(example)
 
 
-@pytest.mark.parametrize("importance", ["norm", "work", "efficiency"])
+@pytest.mark.parametrize("importance", ["norm", "work", "efficiency", "random"])
 def test_removing_zeroed_offsets_is_lossless_on_minkunet(importance):
     torch.manual_seed(0)
     net = sc.models.MinkUNet(4, 5, width=0.25)
@@ -253,3 +253,15 @@ def test_work_and_efficiency_rank_equal_weights_by_their_pairs():
     _, eff = sc.prune.offset_prune(net, x, ratio=8 / 26, importance="efficiency", symmetric=False)
     assert not in_plane & (set(range(27)) - set(work.kept["0"]))  # work keeps the busy ones
     assert set(range(27)) - set(eff.kept["0"]) == in_plane  # efficiency removes exactly them
+
+
+def test_the_random_baseline_is_reproducible_and_unlike_a_ranking():
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25)
+    x = _scan()
+    _, first = sc.prune.offset_prune(net, x, ratio=1 / 3, importance="random")
+    _, again = sc.prune.offset_prune(net, x, ratio=1 / 3, importance="random")
+    _, norm = sc.prune.offset_prune(net, x, ratio=1 / 3, importance="norm")
+    assert first.kept == again.kept
+    assert first.kept != norm.kept
+    assert all(len(k) == 17 for k in first.kept.values())
