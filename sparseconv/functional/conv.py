@@ -79,8 +79,12 @@ def conv3d(
     ``epilogue`` (inference only: :class:`~sparseconv.functional.epilogue.Epilogue`) is a
     per-channel affine map and ReLU applied to the output, after ``bias``; the C dataflow
     applies it as it stores the output (a folded batch norm costs no pass of its own).
+
+    Under ``torch.autocast`` the conv runs in the autocast dtype, as ``torch.mm`` does (bf16 on
+    CPU: the AMX kernel where the CPU has it).
     """
     geometry = _Geometry(padding, spatial_shape, output_padding, submanifold)
+    x, weight, bias = _autocast(x, weight, bias)
     if (
         epilogue is not None
         and torch.is_grad_enabled()
@@ -99,6 +103,24 @@ def conv3d(
         return _output(x, feats, bias, kmap, stride, transposed)
     feats = fused_forward(flow, x.feats.contiguous(), weight, kmap, epilogue.with_bias(bias))
     return _output(x, feats, None, kmap, stride, transposed)
+
+
+def _autocast(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """Operands in the autocast dtype when autocast is on for their device: a sparse conv is a
+    sum of matrix products, so it autocasts as they do (float32 and half operands are cast,
+    float64 is left alone, as torch's autocast leaves it)."""
+    device = x.feats.device.type
+    if not torch.is_autocast_enabled(device):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None or not t.is_floating_point() or t.dtype in (torch.float64, dtype):
+            return t
+        return t.to(dtype)
+
+    feats = cast(x.feats)
+    return (x if feats is x.feats else x.replace_feats(feats)), cast(weight), cast(bias)
 
 
 def fused_forward(
