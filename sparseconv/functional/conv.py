@@ -109,13 +109,19 @@ def _autocast(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None):
     """Operands in the autocast dtype when autocast is on for their device: a sparse conv is a
     sum of matrix products, so it autocasts as they do (float32 and half operands are cast,
     float64 is left alone, as torch's autocast leaves it)."""
+    if not isinstance(x, SparseTensor) or not isinstance(weight, torch.Tensor):
+        return x, weight, bias  # refused with the reason by the argument checks
     device = x.feats.device.type
     if not torch.is_autocast_enabled(device):
         return x, weight, bias
     dtype = torch.get_autocast_dtype(device)
 
     def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-        if t is None or not t.is_floating_point() or t.dtype in (torch.float64, dtype):
+        if (
+            not isinstance(t, torch.Tensor)
+            or not t.is_floating_point()
+            or t.dtype in (torch.float64, dtype)
+        ):
             return t
         return t.to(dtype)
 
