@@ -209,6 +209,45 @@ def _channel_vector(t: torch.Tensor | None, cout: int, name: str) -> torch.Tenso
     return t.detach().to(device="cpu", dtype=torch.float32).contiguous()
 
 
+# pairs per bf16 weight-gradient work item (a multiple of the 32-pair tile depth): x^T and dy of
+# 256 pairs at C = 256 are 128 KB each, in L2, and each accumulator tile is loaded and stored
+# once per 8 tile multiplies
+AMX_WEIGHT_GRAD_CHUNK = 256
+
+
+def weight_grad_bf16(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    in_idx: torch.Tensor,
+    out_idx: torch.Tensor,
+    offset_ptr: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`weight_grad` for bfloat16 ``x`` and ``dy`` on AMX: float32 ``[K, Cin, Cout]``,
+    every product exact and every sum float32 (the widened computation in another order)."""
+    for name, t in (("x", x), ("dy", dy)):
+        if t.device.type != "cpu" or t.dtype != torch.bfloat16:
+            raise TypeError(f"{name} must be a bfloat16 CPU tensor, got {t.dtype} on {t.device}")
+    x, dy, in_idx, out_idx, ptr = _pair_operands(x, dy, in_idx, out_idx, offset_ptr)
+    k = ptr.numel() - 1
+    dw = torch.empty((k, x.shape[1], dy.shape[1]))
+    if dw.numel() == 0:
+        return dw
+    rc = cpu_library.lib().sc_weight_grad_bf16(
+        x.data_ptr(), x.shape[0], x.shape[1], dy.data_ptr(), dy.shape[0], dy.shape[1],
+        in_idx.data_ptr(), out_idx.data_ptr(), ptr.data_ptr(), k, dw.data_ptr(),
+        AMX_WEIGHT_GRAD_CHUNK, available_threads(),
+    )  # fmt: skip
+    if rc & 8:
+        raise RuntimeError("weight_grad_bf16: this CPU or build has no usable AMX-BF16")
+    _check(rc, "weight_grad_bf16")
+    return dw
+
+
+def _pair_operands(x, dy, in_idx, out_idx, offset_ptr):
+    return (x.contiguous(), dy.contiguous(), in_idx.to(torch.int64).contiguous(),
+            out_idx.to(torch.int64).contiguous(), offset_ptr.to(torch.int64).contiguous())  # fmt: skip
+
+
 def weight_grad(
     x: torch.Tensor,
     dy: torch.Tensor,
@@ -221,10 +260,7 @@ def weight_grad(
     Pairs are CSR by offset (``offset_ptr`` ``[K + 1]``); the result is ``[K, Cin, Cout]``.
     """
     _check_inputs(x=x, dy=dy)
-    x, dy = x.contiguous(), dy.contiguous()
-    in_idx = in_idx.to(torch.int64).contiguous()
-    out_idx = out_idx.to(torch.int64).contiguous()
-    ptr = offset_ptr.to(torch.int64).contiguous()
+    x, dy, in_idx, out_idx, ptr = _pair_operands(x, dy, in_idx, out_idx, offset_ptr)
     k = ptr.numel() - 1
     cin, cout = x.shape[1], dy.shape[1]
     dw = x.new_empty((k, cin, cout))

@@ -315,18 +315,26 @@ static int gather_pairs(const float *x, int64_t n_in, int64_t cin, const float *
     return 0;
 }
 
+/* The fp32 weight gradient's operands, for its slot callback. */
+struct weight_grad_args {
+    const float *x, *dy;
+    int64_t n_in, cin, n_out, cout, ldw, chunk;
+    const int64_t *in_idx, *out_idx, *ptr;
+};
+
 /* Sums one slot's work items (consecutive pair chunks, sorted by offset) into its buffer,
- * which holds the offsets k_first .. k_last of the slot. Returns 1 for an index out of range. */
-static int weight_grad_slot(const float *x, int64_t n_in, int64_t cin, const float *dy,
-                            int64_t n_out, int64_t cout, int64_t ldw, const int64_t *in_idx,
-                            const int64_t *out_idx, const int64_t *ptr, const int64_t *item_k,
-                            const int64_t *item_lo, int64_t first, int64_t last, int64_t chunk,
-                            float *xc, float *gc, float *buf) {
-    const int64_t panel = cin * ldw, k_first = item_k[first];
+ * which holds the offsets item_k[first] .. item_k[last - 1] of the slot, [cin, ldw] each.
+ * Returns 1 for an index out of range. */
+static int weight_grad_slot(const void *arg, const int64_t *item_k, const int64_t *item_lo,
+                            int64_t first, int64_t last, void *scratch, float *buf) {
+    const struct weight_grad_args *a = arg;
+    const int64_t cin = a->cin, ldw = a->ldw, panel = cin * ldw, k_first = item_k[first];
+    float *xc = scratch, *gc = xc + a->chunk * cin; /* gc's columns >= cout stay zero */
     for (int64_t it = first; it < last; ++it) {
         const int64_t k = item_k[it], lo = item_lo[it];
-        const int64_t P = (lo + chunk < ptr[k + 1] ? lo + chunk : ptr[k + 1]) - lo;
-        if (gather_pairs(x, n_in, cin, dy, n_out, cout, ldw, in_idx + lo, out_idx + lo, P, xc, gc))
+        const int64_t P = (lo + a->chunk < a->ptr[k + 1] ? lo + a->chunk : a->ptr[k + 1]) - lo;
+        if (gather_pairs(a->x, a->n_in, cin, a->dy, a->n_out, a->cout, ldw, a->in_idx + lo,
+                         a->out_idx + lo, P, xc, gc))
             return 1;
         float *dwk = buf + (k - k_first) * panel;
         for (int64_t c0 = 0; c0 < cin; c0 += MR) {
@@ -338,18 +346,17 @@ static int weight_grad_slot(const float *x, int64_t n_in, int64_t cin, const flo
     return 0;
 }
 
-/* dw[k] = sum over the pairs p of offset k of x[in_idx[p]]^T (x) dy[out_idx[p]].
+/* tiles.h: the deterministic slot schedule every weight-gradient kernel shares.
  *
- * x [n_in, cin], dy [n_out, cout], pairs CSR by offset (ptr [K + 1]), dw [K, cin, cout].
  * Pairs are cut into chunks of at most `chunk` (work items, in offset order), and the items
  * into WEIGHT_GRAD_SLOTS consecutive slots. Threads take slots dynamically (a descheduled
- * thread holds up only the slot it has), each slot sums into its own buffer, and the buffers
- * are added in slot order: the result depends neither on the thread count nor on which thread
- * ran what. Returns 0, 1 for an index out of range, 2 when memory ran out. */
+ * thread holds up only the slot it has), each slot sums into its own buffer ([rows, ldw]
+ * floats per offset it spans, zeroed) through `work`, and the buffers are added in slot order:
+ * the result depends neither on the thread count nor on which thread ran what. */
 #define WEIGHT_GRAD_SLOTS 32
-int sc_weight_grad(const float *x, int64_t n_in, int64_t cin, const float *dy, int64_t n_out,
-                   int64_t cout, int64_t ldw, const int64_t *in_idx, const int64_t *out_idx,
-                   const int64_t *ptr, int64_t K, float *dw, int64_t chunk, int n_threads) {
+int sc_weight_grad_slots(const int64_t *ptr, int64_t K, int64_t chunk, int64_t rows, int64_t ldw,
+                         int64_t cin, int64_t cout, float *dw, size_t scratch_bytes,
+                         sc_slot_work work, const void *args, int n_threads) {
     int64_t n_items = 0;
     for (int64_t k = 0; k < K; ++k) n_items += (ptr[k + 1] - ptr[k] + chunk - 1) / chunk;
     memset(dw, 0, sizeof(float) * K * cin * cout);
@@ -365,27 +372,24 @@ int sc_weight_grad(const float *x, int64_t n_in, int64_t cin, const float *dy, i
             item_k[i] = k;
             item_lo[i] = lo;
         }
-    const int64_t panel = cin * ldw;
+    const int64_t panel = rows * ldw;
     if (!bad) {
 #pragma omp parallel num_threads(n_threads) reduction(| : bad)
         {
-            float *xc = malloc(sizeof(float) * chunk * cin);
-            float *gc = calloc((size_t)(chunk * ldw), sizeof(float));
+            void *scratch = calloc(1, scratch_bytes);
             /* every thread must reach the work-sharing loop, even one without buffers */
 #pragma omp for schedule(dynamic, 1)
             for (int64_t sl = 0; sl < n_slots; ++sl) {
                 const int64_t first = sl * n_items / n_slots, last = (sl + 1) * n_items / n_slots;
                 const int64_t span = item_k[last - 1] - item_k[first] + 1;
                 buf[sl] = calloc((size_t)(span * panel), sizeof(float));
-                if (!xc || !gc || !buf[sl]) {
+                if (!scratch || !buf[sl]) {
                     bad |= 2;
                     continue;
                 }
-                bad |= weight_grad_slot(x, n_in, cin, dy, n_out, cout, ldw, in_idx, out_idx, ptr,
-                                        item_k, item_lo, first, last, chunk, xc, gc, buf[sl]);
+                bad |= work(args, item_k, item_lo, first, last, scratch, buf[sl]);
             }
-            free(xc);
-            free(gc);
+            free(scratch);
         }
     }
     if (!bad) {
@@ -407,4 +411,18 @@ int sc_weight_grad(const float *x, int64_t n_in, int64_t cin, const float *dy, i
     free(item_k);
     free(item_lo);
     return bad;
+}
+
+/* dw[k] = sum over the pairs p of offset k of x[in_idx[p]]^T (x) dy[out_idx[p]].
+ *
+ * x [n_in, cin], dy [n_out, cout], pairs CSR by offset (ptr [K + 1]), dw [K, cin, cout], in
+ * the slot schedule above. Returns 0, 1 for an index out of range, 2 when memory ran out. */
+int sc_weight_grad(const float *x, int64_t n_in, int64_t cin, const float *dy, int64_t n_out,
+                   int64_t cout, int64_t ldw, const int64_t *in_idx, const int64_t *out_idx,
+                   const int64_t *ptr, int64_t K, float *dw, int64_t chunk, int n_threads) {
+    const struct weight_grad_args args = {x, dy, n_in, cin, n_out, cout, ldw, chunk,
+                                          in_idx, out_idx, ptr};
+    const size_t scratch = sizeof(float) * (size_t)(chunk * cin + chunk * ldw);
+    return sc_weight_grad_slots(ptr, K, chunk, cin, ldw, cin, cout, dw, scratch,
+                                weight_grad_slot, &args, n_threads);
 }

@@ -173,7 +173,139 @@ static void multiply_listed_rows_amx(const uint16_t *src, int64_t cin, int64_t c
         }
     }
 }
+
+/* The bf16 weight gradient's operands, for its slot callback. */
+struct weight_grad_bf16_args {
+    const uint16_t *x, *dy;
+    int64_t n_in, cin, cin_r, n_out, cout, ldw, chunk;
+    const int64_t *in_idx, *out_idx, *ptr;
+};
+
+/* buf[ci.., co..] (rows stride ldw) += xt[ci rows] @ dyv[co columns] over `pairs` pairs (a
+ * multiple of 32): xt [cin_r, chunk] is x transposed (rows: channels), dyv [chunk / 2, ldw, 2]
+ * dy in pairs of pairs, the layout TDPBF16PS multiplies. A 2 x 2 block of accumulator tiles
+ * (16 channels x 16 columns each) is loaded from the slot buffer, summed over the chunk's
+ * pairs and stored back. */
+static inline __attribute__((always_inline)) void
+outer_block(const int two_rows, const int two_cols, const uint16_t *xt, int64_t chunk,
+            const uint16_t *dyv, int64_t ldw, int64_t pairs, float *c) {
+    const int64_t ldc = ldw * (int64_t)sizeof(float), xt_stride = chunk * 2;
+    const int64_t dy_stride = ldw * 2 * (int64_t)sizeof(uint16_t);
+    float *c1 = c + ROWS * ldw;
+    _tile_loadd(0, c, ldc);
+    if (two_cols) _tile_loadd(1, c + PANEL, ldc);
+    if (two_rows) _tile_loadd(2, c1, ldc);
+    if (two_rows && two_cols) _tile_loadd(3, c1 + PANEL, ldc);
+    for (int64_t s = 0; s < pairs; s += CHUNK) {
+        _tile_loadd(4, xt + s, xt_stride);
+        if (two_rows) _tile_loadd(5, xt + ROWS * chunk + s, xt_stride);
+        const uint16_t *b = dyv + (s / 2) * ldw * 2;
+        _tile_loadd(6, b, dy_stride);
+        _tile_dpbf16ps(0, 4, 6);
+        if (two_rows) _tile_dpbf16ps(2, 5, 6);
+        if (two_cols) {
+            _tile_loadd(7, b + PANEL * 2, dy_stride);
+            _tile_dpbf16ps(1, 4, 7);
+            if (two_rows) _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, c, ldc);
+    if (two_cols) _tile_stored(1, c + PANEL, ldc);
+    if (two_rows) _tile_stored(2, c1, ldc);
+    if (two_rows && two_cols) _tile_stored(3, c1 + PANEL, ldc);
+}
+
+/* The pairs' rows: x transposed into xt [cin_r, chunk] (through rows [chunk, cin]: whole rows
+ * are copied, then each block of 32 pairs transposed while its rows sit in L1), dy into dyv
+ * [chunk / 2, ldw, 2]; the pairs P .. P rounded up to 32 are zero in both. Returns 1 for an
+ * index out of range. */
+static int gather_pairs_bf16(const struct weight_grad_bf16_args *a, int64_t lo, int64_t P,
+                             uint16_t *rows, uint16_t *xt, uint16_t *dyv) {
+    const int64_t padded = (P + CHUNK - 1) / CHUNK * CHUNK, ldw = a->ldw, cin = a->cin;
+    for (int64_t p = 0; p < P; ++p) {
+        const int64_t i = a->in_idx[lo + p], o = a->out_idx[lo + p];
+        if (i < 0 || i >= a->n_in || o < 0 || o >= a->n_out) return 1;
+        memcpy(rows + p * cin, a->x + i * cin, sizeof(uint16_t) * cin);
+        const uint16_t *gr = a->dy + o * a->cout;
+        uint16_t *d = dyv + (p / 2) * ldw * 2 + (p & 1);
+        for (int64_t col = 0; col < a->cout; ++col) d[col * 2] = gr[col];
+    }
+    if (P < padded) memset(rows + P * cin, 0, sizeof(uint16_t) * (padded - P) * cin);
+    for (int64_t p = P; p < padded; ++p) {
+        uint16_t *d = dyv + (p / 2) * ldw * 2 + (p & 1);
+        for (int64_t col = 0; col < a->cout; ++col) d[col * 2] = 0;
+    }
+    for (int64_t p0 = 0; p0 < padded; p0 += CHUNK)
+        for (int64_t ch = 0; ch < cin; ++ch) {
+            uint16_t *t = xt + ch * a->chunk + p0;
+            const uint16_t *r = rows + p0 * cin + ch;
+            for (int64_t p = 0; p < CHUNK; ++p) t[p] = r[p * cin];
+        }
+    return 0;
+}
+
+static int weight_grad_slot_bf16(const void *arg, const int64_t *item_k, const int64_t *item_lo,
+                                 int64_t first, int64_t last, void *scratch, float *buf) {
+    const struct weight_grad_bf16_args *a = arg;
+    const int64_t ldw = a->ldw, panel = a->cin_r * ldw, k_first = item_k[first];
+    const int64_t row_tiles = a->cin_r / ROWS, col_tiles = ldw / PANEL;
+    uint16_t *xt = scratch, *dyv = xt + a->cin_r * a->chunk, *rows = dyv + a->chunk * ldw;
+    for (int64_t it = first; it < last; ++it) {
+        const int64_t k = item_k[it], lo = item_lo[it];
+        const int64_t P = (lo + a->chunk < a->ptr[k + 1] ? lo + a->chunk : a->ptr[k + 1]) - lo;
+        if (gather_pairs_bf16(a, lo, P, rows, xt, dyv)) return 1;
+        const int64_t pairs = (P + CHUNK - 1) / CHUNK * CHUNK;
+        float *dwk = buf + (k - k_first) * panel;
+        for (int64_t r = 0; r < row_tiles; r += 2)
+            for (int64_t q = 0; q < col_tiles; q += 2) {
+                const int two_rows = r + 1 < row_tiles, two_cols = q + 1 < col_tiles;
+                const uint16_t *xr = xt + r * ROWS * a->chunk, *dq = dyv + q * PANEL * 2;
+                float *c = dwk + r * ROWS * ldw + q * PANEL;
+                if (two_rows && two_cols) outer_block(1, 1, xr, a->chunk, dq, ldw, pairs, c);
+                else if (two_rows) outer_block(1, 0, xr, a->chunk, dq, ldw, pairs, c);
+                else if (two_cols) outer_block(0, 1, xr, a->chunk, dq, ldw, pairs, c);
+                else outer_block(0, 0, xr, a->chunk, dq, ldw, pairs, c);
+            }
+    }
+    return 0;
+}
+
+/* The slot work with this thread's tiles configured (tile state is per thread; a thread may
+ * run several slots, so each configures and releases around its own). */
+static int weight_grad_slot_amx(const void *arg, const int64_t *item_k, const int64_t *item_lo,
+                                int64_t first, int64_t last, void *scratch, float *buf) {
+    configure_tiles();
+    const int bad = weight_grad_slot_bf16(arg, item_k, item_lo, first, last, scratch, buf);
+    _tile_release();
+    return bad;
+}
 #endif
+
+/* dw[k] = sum over the pairs p of offset k of x[in_idx[p]]^T (x) dy[out_idx[p]] for bf16 x
+ * and dy, in float32 (every product exact, every sum float32), on AMX tiles.
+ *
+ * x [n_in, cin], dy [n_out, cout], pairs CSR by offset (ptr [K + 1]), dw float32
+ * [K, cin, cout]; chunk (pairs per work item) a multiple of 32. The slot schedule of the fp32
+ * kernel (sc_weight_grad_slots), so the result does not depend on the thread count. Returns 0,
+ * 1 for an index out of range, 2 when memory ran out, 8 without usable AMX. */
+int sc_weight_grad_bf16(const uint16_t *x, int64_t n_in, int64_t cin, const uint16_t *dy,
+                        int64_t n_out, int64_t cout, const int64_t *in_idx,
+                        const int64_t *out_idx, const int64_t *ptr, int64_t K, float *dw,
+                        int64_t chunk, int n_threads) {
+#ifdef HAVE_AMX
+    if (!sc_amx_ready() || chunk % CHUNK) return 8;
+    const int64_t cin_r = (cin + ROWS - 1) / ROWS * ROWS, ldw = (cout + PANEL - 1) / PANEL * PANEL;
+    const struct weight_grad_bf16_args args = {x, dy, n_in, cin, cin_r, n_out, cout, ldw, chunk,
+                                               in_idx, out_idx, ptr};
+    const size_t scratch = sizeof(uint16_t) * (size_t)(cin_r * chunk + chunk * ldw + chunk * cin);
+    return sc_weight_grad_slots(ptr, K, chunk, cin_r, ldw, cin, cout, dw, scratch,
+                                weight_grad_slot_amx, &args, n_threads);
+#else
+    (void)x, (void)n_in, (void)cin, (void)dy, (void)n_out, (void)cout, (void)in_idx;
+    (void)out_idx, (void)ptr, (void)K, (void)dw, (void)chunk, (void)n_threads;
+    return 8;
+#endif
+}
 
 /* dst[j] = bf16(epilogue(sum_k src[nbmap[j, k]] @ w[k] over the k with nbmap[j, k] >= 0)).
  *

@@ -1,6 +1,7 @@
 /* Shared by the fp32 and the bf16 (AMX) implicit-GEMM kernels. */
 #ifndef SPARSECONV_TILES_H
 #define SPARSECONV_TILES_H
+#include <stddef.h>
 #include <stdint.h>
 
 /* Lists each offset's neighbours of the tile rows [r0, r0 + rows): list_src[k * tile + i] is an
@@ -10,4 +11,17 @@ __attribute__((visibility("hidden"))) int sc_bucket_tile(const int32_t *nbmap, i
                                                          int64_t rows, int64_t K, int64_t n_src,
                                                          int64_t tile, int32_t *list_src,
                                                          int32_t *list_row, int64_t *count);
+
+/* One slot's share of a weight gradient: sum the work items first .. last - 1 (item_k[i] the
+ * offset, item_lo[i] the first pair) into buf; scratch is the thread's zeroed buffer. Returns 0,
+ * or 1 for an index out of range. */
+typedef int (*sc_slot_work)(const void *args, const int64_t *item_k, const int64_t *item_lo,
+                            int64_t first, int64_t last, void *scratch, float *buf);
+
+/* The deterministic slot schedule of the weight gradients (implicit_gemm.c): buffers of
+ * [rows, ldw] floats per offset, rows >= cin; dw [K, cin, cout] gets their sums in slot order. */
+__attribute__((visibility("hidden"))) int
+sc_weight_grad_slots(const int64_t *ptr, int64_t K, int64_t chunk, int64_t rows, int64_t ldw,
+                     int64_t cin, int64_t cout, float *dw, size_t scratch_bytes, sc_slot_work work,
+                     const void *args, int n_threads);
 #endif

@@ -11,7 +11,7 @@ GEMM instructions is more than ten times faster than torch's half-precision ``bm
 rounds the result back to the operands' dtype. float64 uses the ``torch`` dataflow.
 
 Where the CPU has AMX-BF16 (``kernels.amx_available()``), bfloat16 operands skip the widening:
-the forward pass and the input gradient run the AMX kernel, which multiplies bf16 tiles into
+the forward pass, the input gradient and the weight gradient run AMX kernels, which multiplies bf16 tiles into
 float32 sums (the same semantics, five to seven times the fp32 kernel's rate at 64-256
 channels).
 """
@@ -85,4 +85,6 @@ def backward_input(dy: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> t
 
 
 def backward_weight(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    if _on_amx(x, dy):
+        return kernels.weight_grad_bf16(x, dy, kmap.in_idx, kmap.out_idx, kmap.offset_ptr)
     return kernels.weight_grad(x.float(), dy.float(), kmap.in_idx, kmap.out_idx, kmap.offset_ptr)

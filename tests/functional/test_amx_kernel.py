@@ -124,7 +124,7 @@ def test_a_bf16_conv_and_its_gradients_use_amx_and_match_float64(monkeypatch):
 
     want = grads(x64, w64, "torch")
     got = grads(x64.bfloat16(), w64.bfloat16(), "cpu_implicit_gemm")
-    assert len(calls) == 2  # forward and input gradient
+    assert len(calls) == 2  # forward and input gradient (the weight gradient: its own kernel)
     for g, r in zip(got, want):
         assert g.dtype == torch.bfloat16
         assert (g.double() - r).norm() / r.norm() < 1.5e-2
@@ -141,3 +141,45 @@ def test_switching_amx_off_widens_instead(monkeypatch):
     off = dataflow_cpu.forward(x, w, km)
     assert off.dtype == torch.float32  # widened; the caller rounds it
     _assert_one_rounding_apart(on, off.bfloat16())
+
+
+@needs_amx
+@pytest.mark.parametrize("c_in,c_out", [(1, 1), (7, 13), (16, 16), (33, 70), (64, 48)])
+def test_amx_weight_gradient_equals_the_widened_float32_kernel(c_in, c_out):
+    """Channel counts off the 16-row / 16-column tiles, offsets with more pairs than one
+    256-pair work item and offsets with a tail shorter than the 32-pair tile depth."""
+    coords = random_coords(1500, extent=12, seed=c_in * c_out)
+    km = build_kernel_map(coords, 3)
+    torch.manual_seed(3)
+    x = torch.randn(len(coords), c_in).bfloat16()
+    dy = torch.randn(len(coords), c_out).bfloat16()
+    pairs = (km.in_idx, km.out_idx, km.offset_ptr)
+    got = kernels.weight_grad_bf16(x, dy, *pairs)
+    want = kernels.weight_grad(x.float(), dy.float(), *pairs)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert int((km.offset_ptr[1:] - km.offset_ptr[:-1]).max()) > kernels.AMX_WEIGHT_GRAD_CHUNK
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)  # float32 sums, other order
+
+
+@needs_amx
+def test_amx_weight_gradient_is_deterministic_and_checks_its_input():
+    coords = random_coords(1200, extent=12, seed=4)
+    km = build_kernel_map(coords, 3)
+    x = torch.randn(len(coords), 32).bfloat16()
+    dy = torch.randn(len(coords), 32).bfloat16()
+    pairs = (km.in_idx, km.out_idx, km.offset_ptr)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.weight_grad_bf16(x, dy, *pairs)
+        torch.set_num_threads(2)
+        two = kernels.weight_grad_bf16(x, dy, *pairs)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+    bad = km.in_idx.clone()
+    bad[0] = len(coords)
+    with pytest.raises(IndexError, match="outside"):
+        kernels.weight_grad_bf16(x, dy, bad, km.out_idx, km.offset_ptr)
+    with pytest.raises(TypeError, match="bfloat16"):
+        kernels.weight_grad_bf16(x.float(), dy, *pairs)
