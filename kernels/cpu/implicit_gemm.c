@@ -210,14 +210,8 @@ static void store_tile(const float *acc, int64_t ldw, int64_t rows, int64_t cout
         const float *a = acc + r * ldw;
         const float *res = residual ? residual + r * cout : NULL;
         float *o = dst + r * cout;
-        for (int64_t c = 0; c < cout; ++c) {
-            float v = a[c];
-            if (scale) v *= scale[c];
-            if (shift) v += shift[c];
-            if (res) v += res[c];
-            if (relu) v = v > 0.0f ? v : 0.0f;
-            o[c] = v;
-        }
+        for (int64_t c = 0; c < cout; ++c)
+            o[c] = sc_epilogue(a[c], scale, shift, c, res ? res[c] : 0.0f, relu);
     }
 }
 

@@ -78,12 +78,8 @@ static void store_tile_bf16(const float *acc, int64_t ldw, int64_t rows, int64_t
         const uint16_t *res = residual ? residual + r * cout : NULL;
         uint16_t *o = dst + r * cout;
         for (int64_t c = 0; c < cout; ++c) {
-            float v = a[c];
-            if (scale) v *= scale[c];
-            if (shift) v += shift[c];
-            if (res) v += from_bf16(res[c]);
-            if (relu) v = v > 0.0f ? v : 0.0f;
-            o[c] = to_bf16(v);
+            const float added = res ? from_bf16(res[c]) : 0.0f;
+            o[c] = to_bf16(sc_epilogue(a[c], scale, shift, c, added, relu));
         }
     }
 }

@@ -12,6 +12,16 @@ __attribute__((visibility("hidden"))) int sc_bucket_tile(const int32_t *nbmap, i
                                                          int64_t tile, int32_t *list_src,
                                                          int32_t *list_row, int64_t *count);
 
+/* The inference epilogue of one output value of column c: * scale + shift (each may be NULL),
+ * + the residual's value (0 without one), then max(., 0) with relu. */
+static inline float sc_epilogue(float v, const float *scale, const float *shift, int64_t c,
+                                float residual, int relu) {
+    if (scale) v *= scale[c];
+    if (shift) v += shift[c];
+    v += residual;
+    return relu ? (v > 0.0f ? v : 0.0f) : v;
+}
+
 /* One slot's share of a weight gradient: sum the work items first .. last - 1 (item_k[i] the
  * offset, item_lo[i] the first pair) into buf; scratch is the thread's zeroed buffer. Returns 0,
  * or 1 for an index out of range. */
