@@ -135,8 +135,9 @@ static void rows_times_wide_panel_any(int R, const float *const *src, const floa
 /* The widest weight panel this build's register kernels take (the caller packs weights so). */
 int sc_max_panel(void) { return WIDE; }
 
-/* tiles.h: each offset's neighbours of one tile of output rows */
-int sc_bucket_tile(const int32_t *nbmap, int64_t r0, int64_t rows, int64_t K, int64_t n_src,
+/* Lists each offset's neighbours of the tile rows [r0, r0 + rows) (see sc_tile_work). Returns 1
+ * if an input row is out of range. */
+static int bucket_tile(const int32_t *nbmap, int64_t r0, int64_t rows, int64_t K, int64_t n_src,
                        int64_t tile, int32_t *list_src, int32_t *list_row, int64_t *count) {
     int bad = 0;
     memset(count, 0, sizeof(int64_t) * K);
@@ -215,6 +216,71 @@ static void store_tile(const float *acc, int64_t ldw, int64_t rows, int64_t cout
     }
 }
 
+/* tiles.h: the tile schedule both implicit-GEMM kernels run on */
+int sc_tile_rows(const int32_t *nbmap, int64_t n_dst, int64_t K, int64_t n_src, int64_t tile,
+                 int64_t ldw, size_t scratch_bytes, sc_tile_work work, const void *args,
+                 int n_threads) {
+    const int64_t n_tiles = (n_dst + tile - 1) / tile;
+    int bad = 0;
+#pragma omp parallel num_threads(n_threads) reduction(| : bad)
+    {
+        float *acc = malloc(sizeof(float) * tile * ldw);
+        int32_t *list_src = malloc(sizeof(int32_t) * K * tile);
+        int32_t *list_row = malloc(sizeof(int32_t) * K * tile);
+        int64_t *count = malloc(sizeof(int64_t) * K);
+        void *scratch = calloc(1, scratch_bytes ? scratch_bytes : 1);
+        const int ok = acc && list_src && list_row && count && scratch;
+        /* every thread must reach the work-sharing loop, even one without buffers */
+#pragma omp for schedule(dynamic, 2)
+        for (int64_t t = 0; t < n_tiles; ++t) {
+            if (!ok) {
+                bad |= 2;
+                continue;
+            }
+            const int64_t r0 = t * tile;
+            const int64_t rows = n_dst - r0 < tile ? n_dst - r0 : tile;
+            bad |= bucket_tile(nbmap, r0, rows, K, n_src, tile, list_src, list_row, count);
+            bad |= work(args, r0, rows, tile, list_src, list_row, count, acc, scratch);
+        }
+        free(acc);
+        free(list_src);
+        free(list_row);
+        free(count);
+        free(scratch);
+    }
+    return bad;
+}
+
+/* The fp32 forward pass's operands, for its tile callback. */
+struct implicit_gemm_args {
+    const float *src, *w, *scale, *shift, *residual;
+    float *dst;
+    int64_t cin, ldw, cout, K, panel;
+    int relu;
+};
+
+static int implicit_gemm_tile(const void *arg, int64_t r0, int64_t rows, int64_t tile,
+                              const int32_t *list_src, const int32_t *list_row,
+                              const int64_t *count, float *acc, void *scratch) {
+    (void)scratch;
+    const struct implicit_gemm_args *a = arg;
+    const int64_t cin = a->cin, ldw = a->ldw, cout = a->cout;
+    const int epilogue = a->scale || a->shift || a->residual || a->relu;
+    /* with cout == ldw the tile's own output rows are the accumulators */
+    float *tacc = cout == ldw ? a->dst + r0 * cout : acc;
+    memset(tacc, 0, sizeof(float) * rows * ldw);
+    for (int64_t k = 0; k < a->K; ++k)
+        multiply_listed_rows(a->src, cin, a->w + k * cin * ldw, ldw, a->panel,
+                             list_src + k * tile, list_row + k * tile, count[k], tacc);
+    if (epilogue)
+        store_tile(tacc, ldw, rows, cout, a->scale, a->shift,
+                   a->residual ? a->residual + r0 * cout : NULL, a->relu, a->dst + r0 * cout);
+    else if (tacc == acc)
+        for (int64_t r = 0; r < rows; ++r)
+            memcpy(a->dst + (r0 + r) * cout, acc + r * ldw, sizeof(float) * cout);
+    return 0;
+}
+
 /* dst[j] = epilogue(sum_k src[nbmap[j, k]] @ w[k] over the k with nbmap[j, k] >= 0).
  *
  * src [n_src, cin], w [K, ldw / panel, cin, panel] (panel-major; panel 16 or sc_max_panel(),
@@ -226,46 +292,11 @@ int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *
                      int64_t cout, const int32_t *nbmap, int64_t n_dst, int64_t K, float *dst,
                      int64_t tile, int64_t panel, const float *scale, const float *shift,
                      const float *residual, int relu, int n_threads) {
-    const int epilogue = scale || shift || residual || relu;
     if (panel != NR && panel != WIDE) return 4;
-    const int64_t n_tiles = (n_dst + tile - 1) / tile;
-    int bad = 0;
-#pragma omp parallel num_threads(n_threads) reduction(| : bad)
-    {
-        float *acc = malloc(sizeof(float) * tile * ldw);
-        int32_t *list_src = malloc(sizeof(int32_t) * K * tile);
-        int32_t *list_row = malloc(sizeof(int32_t) * K * tile);
-        int64_t *count = malloc(sizeof(int64_t) * K);
-        const int ok = acc && list_src && list_row && count;
-        /* every thread must reach the work-sharing loop, even one without buffers */
-#pragma omp for schedule(dynamic, 2)
-        for (int64_t t = 0; t < n_tiles; ++t) {
-            if (!ok) {
-                bad |= 2;
-                continue;
-            }
-            const int64_t r0 = t * tile;
-            const int64_t rows = n_dst - r0 < tile ? n_dst - r0 : tile;
-            /* with cout == ldw the tile's own output rows are the accumulators */
-            float *tacc = cout == ldw ? dst + r0 * cout : acc;
-            memset(tacc, 0, sizeof(float) * rows * ldw);
-            bad |= sc_bucket_tile(nbmap, r0, rows, K, n_src, tile, list_src, list_row, count);
-            for (int64_t k = 0; k < K; ++k)
-                multiply_listed_rows(src, cin, w + k * cin * ldw, ldw, panel, list_src + k * tile,
-                                     list_row + k * tile, count[k], tacc);
-            if (epilogue)
-                store_tile(tacc, ldw, rows, cout, scale, shift,
-                           residual ? residual + r0 * cout : NULL, relu, dst + r0 * cout);
-            else if (tacc == acc)
-                for (int64_t r = 0; r < rows; ++r)
-                    memcpy(dst + (r0 + r) * cout, acc + r * ldw, sizeof(float) * cout);
-        }
-        free(acc);
-        free(list_src);
-        free(list_row);
-        free(count);
-    }
-    return bad;
+    const struct implicit_gemm_args args = {src, w, scale, shift, residual, dst,
+                                            cin, ldw, cout, K, panel, relu};
+    return sc_tile_rows(nbmap, n_dst, K, n_src, tile, ldw, 0, implicit_gemm_tile, &args,
+                        n_threads);
 }
 
 /* dw[k] (cin x NR panel at columns j) += sum_p xc[p, c0:c0+R]^T (x) gc[p, j:j+16]. */

@@ -5,7 +5,7 @@
  * core in bf16 against ~0.2 in fp32 on this project's CPU machine), so a bf16 network's
  * convolutions stop being bound by arithmetic. The plan is the fp32 kernel's (implicit_gemm.c):
  * a thread owns a tile of output rows, lists each offset's neighbours of those rows
- * (sc_bucket_tile), and accumulates into fp32 rows in cache. AMX multiplies only whole 16-row
+ * (sc_tile_rows), and accumulates into fp32 rows in cache. AMX multiplies only whole 16-row
  * tiles from contiguous memory, so each group of up to 16 listed input rows is copied into a
  * small buffer first (the gather is one row copy per pair, the only memory pass a pair costs),
  * multiplied by the offset's weight panels, and the 16 x 16 fp32 results are added to the rows
@@ -24,7 +24,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <omp.h>
 
 #include "tiles.h"
 
@@ -303,6 +302,36 @@ int sc_weight_grad_bf16(const uint16_t *x, int64_t n_in, int64_t cin, const uint
 #endif
 }
 
+#ifdef HAVE_AMX
+/* The bf16 forward pass's operands, for its tile callback. */
+struct implicit_gemm_bf16_args {
+    const uint16_t *src, *w, *residual;
+    const float *scale, *shift;
+    uint16_t *dst;
+    int64_t cin, cin_p, ldw, cout, K;
+    int relu;
+};
+
+static int implicit_gemm_bf16_tile(const void *arg, int64_t r0, int64_t rows, int64_t tile,
+                                   const int32_t *list_src, const int32_t *list_row,
+                                   const int64_t *count, float *acc, void *scratch) {
+    const struct implicit_gemm_bf16_args *a = arg;
+    const int64_t cin_p = a->cin_p, ldw = a->ldw, cout = a->cout;
+    uint16_t *abuf = scratch; /* [32, cin_p]; columns >= cin stay zero */
+    float *cbuf = (float *)(abuf + 2 * ROWS * cin_p);
+    configure_tiles(); /* tile state is per thread: each tile sets and releases its own */
+    memset(acc, 0, sizeof(float) * rows * ldw);
+    for (int64_t k = 0; k < a->K; ++k)
+        multiply_listed_rows_amx(a->src, a->cin, cin_p, a->w + k * cin_p * ldw, ldw,
+                                 list_src + k * tile, list_row + k * tile, count[k], acc, abuf,
+                                 cbuf);
+    _tile_release();
+    store_tile_bf16(acc, ldw, rows, cout, a->scale, a->shift,
+                    a->residual ? a->residual + r0 * cout : NULL, a->relu, a->dst + r0 * cout);
+    return 0;
+}
+#endif
+
 /* dst[j] = bf16(epilogue(sum_k src[nbmap[j, k]] @ w[k] over the k with nbmap[j, k] >= 0)).
  *
  * src bf16 [n_src, cin], w packed as described above (cin_p = cin rounded up to 32, ldw =
@@ -318,45 +347,12 @@ int sc_implicit_gemm_bf16(const uint16_t *src, int64_t n_src, int64_t cin, const
                           int relu, int n_threads) {
 #ifdef HAVE_AMX
     if (!sc_amx_ready() || cin_p % CHUNK || ldw % PANEL || cin > cin_p || cout > ldw) return 8;
-    const int64_t n_tiles = (n_dst + tile - 1) / tile;
-    int bad = 0;
-#pragma omp parallel num_threads(n_threads) reduction(| : bad)
-    {
-        float *acc = malloc(sizeof(float) * tile * ldw);
-        int32_t *list_src = malloc(sizeof(int32_t) * K * tile);
-        int32_t *list_row = malloc(sizeof(int32_t) * K * tile);
-        int64_t *count = malloc(sizeof(int64_t) * K);
-        uint16_t *abuf = calloc((size_t)(2 * ROWS * cin_p), sizeof(uint16_t));
-        float *cbuf = malloc(sizeof(float) * 2 * ROWS * 2 * PANEL);
-        const int ok = acc && list_src && list_row && count && abuf && cbuf;
-        if (ok) configure_tiles(); /* tile state is per thread */
-        /* every thread must reach the work-sharing loop, even one without buffers */
-#pragma omp for schedule(dynamic, 2)
-        for (int64_t t = 0; t < n_tiles; ++t) {
-            if (!ok) {
-                bad |= 2;
-                continue;
-            }
-            const int64_t r0 = t * tile;
-            const int64_t rows = n_dst - r0 < tile ? n_dst - r0 : tile;
-            memset(acc, 0, sizeof(float) * rows * ldw);
-            bad |= sc_bucket_tile(nbmap, r0, rows, K, n_src, tile, list_src, list_row, count);
-            for (int64_t k = 0; k < K; ++k)
-                multiply_listed_rows_amx(src, cin, cin_p, w + k * cin_p * ldw, ldw,
-                                         list_src + k * tile, list_row + k * tile, count[k], acc,
-                                         abuf, cbuf);
-            store_tile_bf16(acc, ldw, rows, cout, scale, shift,
-                            residual ? residual + r0 * cout : NULL, relu, dst + r0 * cout);
-        }
-        if (ok) _tile_release();
-        free(acc);
-        free(list_src);
-        free(list_row);
-        free(count);
-        free(abuf);
-        free(cbuf);
-    }
-    return bad;
+    const struct implicit_gemm_bf16_args args = {src, w, residual, scale, shift, dst,
+                                                 cin, cin_p, ldw, cout, K, relu};
+    /* the gathered input rows, then the 32 x 32 float results */
+    const size_t scratch = sizeof(uint16_t) * 2 * ROWS * cin_p + sizeof(float) * 4 * ROWS * PANEL;
+    return sc_tile_rows(nbmap, n_dst, K, n_src, tile, ldw, scratch, implicit_gemm_bf16_tile,
+                        &args, n_threads);
 #else
     (void)src, (void)n_src, (void)cin, (void)w, (void)cin_p, (void)ldw, (void)cout, (void)nbmap;
     (void)n_dst, (void)K, (void)dst, (void)tile, (void)scale, (void)shift, (void)residual;
