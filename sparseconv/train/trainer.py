@@ -177,7 +177,9 @@ class Trainer:
             self.opt, cfg.steps, min(cfg.warmup_steps, cfg.steps), cfg.min_lr_ratio
         )
         self.amp = cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)  # float16 needs scaling
+        cpu_bf16 = cfg.cpu_bf16 and self.device.type == "cpu"
+        self.autocast_dtype = torch.float16 if self.amp else torch.bfloat16 if cpu_bf16 else None
         self.sampler = sampler = dist_util.ShardedEpochSampler(
             len(self.train_set), self.rank, self.world, cfg.seed
         )
@@ -266,7 +268,8 @@ class Trainer:
 
     def _train_step(self, batch: datasets.Batch) -> float:
         batch = batch.to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        dtype = self.autocast_dtype
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             logits, labels = training_logits(self.net, batch, self.cfg.voxel_size)
             loss = segmentation_loss(logits, labels, self.cfg.lovasz_weight, self.class_weights)
             if self.cfg.bn_l1:

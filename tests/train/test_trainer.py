@@ -134,3 +134,21 @@ def test_deterministic_training_repeats_bit_for_bit(tiny_kitti, tmp_path, thread
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
     for (k, wa), wb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(wa, wb), k
+
+
+def test_cpu_bf16_trains_the_convs_in_bfloat16_with_float32_weights(
+    tiny_kitti, tmp_path, monkeypatch
+):
+    from sparseconv.functional import dataflow_cpu
+
+    seen = []
+    forward = dataflow_cpu.fused_forward
+    monkeypatch.setattr(
+        dataflow_cpu, "fused_forward", lambda x, *a: seen.append(x.dtype) or forward(x, *a)
+    )
+    trainer = Trainer(_cfg(tiny_kitti, tmp_path / "bf", "steps=3", "cpu_bf16=true"), progress=False)
+    summary = trainer.fit()
+    assert torch.bfloat16 in seen  # the training steps' convs
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.history)
+    assert summary["miou_percent"] >= 0
