@@ -183,3 +183,37 @@ def test_amx_weight_gradient_is_deterministic_and_checks_its_input():
         kernels.weight_grad_bf16(x, dy, bad, km.out_idx, km.offset_ptr)
     with pytest.raises(TypeError, match="bfloat16"):
         kernels.weight_grad_bf16(x.float(), dy, *pairs)
+
+
+@needs_amx
+def test_amx_store_rounds_exactly_as_torch():
+    """An identity map and identity weights make the sums the inputs themselves, so the stored
+    outputs must equal torch's float32 epilogue rounded to bf16 bit for bit: ties to even, the
+    16-wide vector part and the scalar tail (Cout = 40); NaN, infinities and subnormals come in
+    through the residual (in x they would poison a whole row of the product, as in any GEMM)."""
+    torch.manual_seed(4)
+    n, c = 64, 40
+    x = (torch.randn(n, c) * 3).bfloat16()
+    nbmap = torch.arange(n, dtype=torch.int32)[:, None]
+    w = torch.eye(c).bfloat16()[None]
+    scale, shift = torch.rand(c) + 0.5, torch.randn(c)
+    residual = torch.randn(n, c)
+    specials = [float("nan"), float("inf"), -float("inf"), 1e-39, -1e-39, 0.0]
+    residual[0, :6] = residual[0, 34:40] = torch.tensor(specials)  # vector part and tail
+    residual = residual.bfloat16()
+    for relu in (False, True):
+        got = kernels.implicit_gemm_bf16(x, w, nbmap, scale, shift, relu, residual)
+        want = x.float() * scale + shift + residual.float()
+        want = (torch.where(want > 0, want, torch.zeros(())) if relu else want).bfloat16()
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(
+            got[~got.isnan()].view(torch.int16), want[~want.isnan()].view(torch.int16)
+        )
+    # exact ties: 1 + 2**-8 and 1 + 3 * 2**-8 lie halfway between bf16 numbers (to even: 1, 1 + 2**-6)
+    x[1, [0, 35]] = torch.tensor([1.0, 1 + 2**-7]).bfloat16()
+    residual[1, [0, 35]] = 2**-8
+    got = kernels.implicit_gemm_bf16(x, w, nbmap, residual=residual)
+    assert got[1, 0] == 1.0 and got[1, 35] == 1 + 2**-6
+    assert torch.equal(
+        got[1:].view(torch.int16), (x.float() + residual.float()).bfloat16()[1:].view(torch.int16)
+    )
