@@ -126,9 +126,12 @@ class Sequential(nn.Sequential):
 
 
 def _fusable(conv: nn.Module) -> bool:
-    """A plain ``Conv3d`` (no subclass forward) that no hook watches."""
+    """A plain ``Conv3d`` (no subclass forward) whose output no hook watches. Plain forward
+    pre-hooks (a voxel pruner filtering the input, a recorder) still run when the conv is
+    called with an epilogue and see the same input, so they do not stop the fusion; a hook that
+    sees keyword arguments could touch the epilogue, so it does."""
     return type(conv).forward is Conv3d.forward and not (
-        conv._forward_hooks or conv._forward_pre_hooks
+        conv._forward_hooks or conv._forward_pre_hooks_with_kwargs
     )
 
 

@@ -2,6 +2,7 @@
 learned scores train, deterministic inference, bad input."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -64,6 +65,26 @@ def test_magnitude_keeps_the_largest_voxels_per_scan():
     assert kept.feats[:, 0].tolist() == [3.0, 2.0, 5.0]
     by_threshold = sc.nn.VoxelPrune(threshold=2.5)(sc.SparseTensor(feats, coords))
     assert by_threshold.feats[:, 0].tolist() == [3.0, 5.0, 4.0]
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.35, 0.5, 0.9])
+def test_ties_go_to_the_lower_rows_as_a_stable_sort_would(keep):
+    """Known answer: the kept rows are those a stable descending sort of the scores puts first
+    (ties to the lower row), in row order, per scan of a two-scan batch."""
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    batch = (torch.arange(n) >= 150).int()
+    coords = torch.cat([batch[:, None], torch.randperm(n * 4, generator=g)[:n, None].int(),
+                        torch.zeros(n, 2, dtype=torch.int32)], 1)  # fmt: skip
+    scores = torch.randint(0, 6, (n,), generator=g).float()  # many ties
+    x = sc.SparseTensor(scores[:, None], coords)
+    got = sc.nn.VoxelPrune(keep_ratio=keep).kept_rows(x, scores)
+    want = []
+    for b in (0, 1):
+        rows = torch.nonzero(batch == b).flatten()
+        k = math.ceil(keep * len(rows))
+        want.append(rows[torch.sort(-scores[rows], stable=True).indices[:k]])
+    assert got.tolist() == torch.sort(torch.cat(want)).values.tolist()
 
 
 def test_learned_scores_get_gradients_and_inference_is_deterministic():
