@@ -24,6 +24,7 @@ import sparseconv as sc
 from sparseconv.bench import inputs, peers
 from sparseconv.bench.gemm_rate import gemm_reference
 from sparseconv.functional.dataflows import DATAFLOWS
+from sparseconv.kernels import cpu_implicit_gemm
 from sparseconv.maps import build_kernel_map
 from sparseconv.nn.convert import to_spconv
 from sparseconv.utils.timing import Threads, interleaved, median, ratio
@@ -97,9 +98,11 @@ def run(
         raise ValueError(
             "bench conv on CPU runs float32 or bfloat16 (CPU has no fast float16 GEMM)"
         )
-    # CPU: the float32 rate is the machine's GEMM rate (torch's bfloat16 CPU GEMM is a slow
-    # fallback without bf16 instructions: a 2048^3 mm took about a minute on the 2-core machine)
-    gemm_dtype = tdtype if device.startswith("cuda") else torch.float32
+    # CPU: the float32 rate is the machine's GEMM rate, except with AMX, where torch's bfloat16
+    # GEMM runs on the tile unit (elsewhere it is a slow fallback without bf16 instructions: a
+    # 2048^3 mm took about a minute on an AVX2 machine of this project)
+    bf16_tiles = tdtype == torch.bfloat16 and cpu_implicit_gemm.amx_available()
+    gemm_dtype = tdtype if device.startswith("cuda") or bf16_tiles else torch.float32
     use_peer = peers.spconv_available() and (device != "cpu" or tdtype == torch.float32)
     setting = Setting(
         coords, flows, use_peer, rounds, device, gemm_reference(device, dtype=gemm_dtype), backward,
