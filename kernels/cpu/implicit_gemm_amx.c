@@ -1,4 +1,5 @@
-/* bfloat16 output-stationary implicit GEMM on Intel AMX (Sapphire Rapids and later).
+/* bfloat16 sparse convolution on Intel AMX (Sapphire Rapids and later): the output-stationary
+ * implicit GEMM (forward pass and input gradient) and the per-offset weight gradient.
  *
  * Why: an AMX tile multiply (TDPBF16PS, 16 x 16 x 32 multiply-adds) runs about seven times as
  * many bf16 multiply-adds per cycle as AVX-512 runs fp32 ones (torch.mm: ~1.3-1.7 TFLOP/s per
@@ -6,10 +7,12 @@
  * convolutions stop being bound by arithmetic. The plan is the fp32 kernel's (implicit_gemm.c):
  * a thread owns a tile of output rows, lists each offset's neighbours of those rows
  * (sc_tile_rows), and accumulates into fp32 rows in cache. AMX multiplies only whole 16-row
- * tiles from contiguous memory, so each group of up to 16 listed input rows is copied into a
+ * tiles from contiguous memory, so each group of up to 32 listed input rows is copied into a
  * small buffer first (the gather is one row copy per pair, the only memory pass a pair costs),
- * multiplied by the offset's weight panels, and the 16 x 16 fp32 results are added to the rows
- * they belong to. Products of bf16 numbers are exact in fp32 and every sum is fp32, as in every
+ * multiplied by the offset's weight panels in 2 x 2 blocks of accumulator tiles, and the fp32
+ * results are added to the rows they belong to. The weight gradient copies each chunk of pairs'
+ * rows, transposes x and pairs up dy's rows (the operand layouts the tile multiply reads), and
+ * sums in the fp32 kernel's deterministic slot schedule (sc_weight_grad_slots). Products of bf16 numbers are exact in fp32 and every sum is fp32, as in every
  * dataflow's bf16 path; the epilogue runs in fp32 and each output is rounded to bf16 once.
  *
  * Weights come packed by the caller in the VNNI layout TDPBF16PS reads: for offset k, column
@@ -19,7 +22,8 @@
  *
  * Built only where the compiler targets AMX (-march=native on such a CPU); sc_amx_ready()
  * says whether this build has it and the kernel may use it (Linux grants AMX state per process
- * on request). Reference: sparseconv.functional.dataflow_torch (tests compare the two).
+ * on request). Reference: the fp32 kernels on widened operands, and through them
+ * sparseconv.functional.dataflow_torch (tests/functional/test_amx_kernel.py).
  */
 #include <stdint.h>
 #include <stdlib.h>
