@@ -27,6 +27,9 @@ WEIGHT_GRAD_CHUNK = 128
 # C = 256 a 64-row tile streamed 27 x 256 KB of weights per 64 rows and ran at half the rate.
 TILE_FLOATS = 1 << 18
 TILE_MAX = 1024
+MIN_TILE = 32  # two 16-row AMX tiles; below this the per-tile bucketing dominates
+# tiles handed to each thread at least: the dynamic schedule then evens out uneven tiles
+TILES_PER_THREAD = 4
 available = cpu_library.available
 unavailable_reason = cpu_library.unavailable_reason
 
@@ -100,17 +103,22 @@ def implicit_gemm(
     if n_dst == 0:
         return dst
     ldw = _panel_width(cout, panel)
+    threads = available_threads()
     rc = cpu_library.lib().sc_implicit_gemm(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), ldw, cout, nbmap.data_ptr(),
-        n_dst, k, dst.data_ptr(), _tile_rows(ldw), panel, *_pointers(terms), int(relu),
-        available_threads(),
+        n_dst, k, dst.data_ptr(), _tile_rows(ldw, n_dst, threads), panel, *_pointers(terms),
+        int(relu), threads,
     )  # fmt: skip
     _check(rc, "implicit_gemm")
     return dst
 
 
-def _tile_rows(ldw: int) -> int:
-    return max(16, min(TILE_MAX, TILE_FLOATS // ldw))
+def _tile_rows(ldw: int, n_dst: int, threads: int) -> int:
+    """Output rows per tile: as many as fit TILE_FLOATS accumulators (at most TILE_MAX), but
+    at least TILES_PER_THREAD tiles per thread, so a coarse layer of a few thousand rows is not
+    one tile run by one thread while the others wait."""
+    share = -(-n_dst // (TILES_PER_THREAD * threads))
+    return max(MIN_TILE, min(TILE_MAX, TILE_FLOATS // ldw, share))
 
 
 def _prepared(src, weight, nbmap, scale, shift, residual, dtype: torch.dtype):
@@ -188,10 +196,11 @@ def implicit_gemm_bf16(
         return dst
     w = _vnni_weight(weight)
     cin_p, ldw = _panel_width(cin, AMX_CHUNK), _panel_width(cout, AMX_PANEL)
+    threads = available_threads()
     rc = cpu_library.lib().sc_implicit_gemm_bf16(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), cin_p, ldw, cout, nbmap.data_ptr(),
-        n_dst, k, dst.data_ptr(), _tile_rows(ldw), *_pointers(terms), int(relu),
-        available_threads(),
+        n_dst, k, dst.data_ptr(), _tile_rows(ldw, n_dst, threads), *_pointers(terms), int(relu),
+        threads,
     )  # fmt: skip
     if rc & 8:
         raise RuntimeError("implicit_gemm_bf16: this CPU or build has no usable AMX-BF16")
