@@ -181,17 +181,23 @@ def implicit_gemm_bf16(
     shift: torch.Tensor | None = None,
     relu: bool = False,
     residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
     """:func:`implicit_gemm` for bfloat16 ``src`` and ``weight`` on AMX: products summed in
     float32, the epilogue in float32, each output rounded to bfloat16 once (the semantics of
-    widening to float32 and rounding the result, up to the order of the float32 sums)."""
+    widening to float32 and rounding the result, up to the order of the float32 sums).
+    ``out_dtype=torch.float32`` keeps the float32 results unrounded (``residual`` float32 then):
+    float32 operands rounded to bf16 and multiplied on the tile unit, what torch's float32 matmul
+    precision ``"medium"`` does on this CPU."""
     for name, t in (("src", src), ("weight", weight)):
         if t.device.type != "cpu" or t.dtype != torch.bfloat16:
             raise TypeError(f"{name} must be a bfloat16 CPU tensor, got {t.dtype} on {t.device}")
-    src, nbmap, terms = _prepared(src, weight, nbmap, scale, shift, residual, torch.bfloat16)
+    if out_dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"out_dtype must be bfloat16 or float32, got {out_dtype}")
+    src, nbmap, terms = _prepared(src, weight, nbmap, scale, shift, residual, out_dtype)
     k, cin, cout = weight.shape
     n_dst = nbmap.shape[0]
-    dst = src.new_empty((n_dst, cout))
+    dst = src.new_empty((n_dst, cout), dtype=out_dtype)
     if n_dst == 0:
         return dst
     w = _vnni_weight(weight)
@@ -200,7 +206,7 @@ def implicit_gemm_bf16(
     rc = cpu_library.lib().sc_implicit_gemm_bf16(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), cin_p, ldw, cout, nbmap.data_ptr(),
         n_dst, k, dst.data_ptr(), _tile_rows(ldw, n_dst, threads), *_pointers(terms), int(relu),
-        threads,
+        int(out_dtype == torch.float32), threads,
     )  # fmt: skip
     if rc & 8:
         raise RuntimeError("implicit_gemm_bf16: this CPU or build has no usable AMX-BF16")

@@ -204,7 +204,7 @@ static void multiply_listed_rows(const float *src, int64_t cin, const float *wk,
 /* dst[r][c] = epilogue(acc[r][c]) for the tile's rows: acc * scale + shift + residual[r][c]
  * (each may be NULL), then max(., 0) with relu; acc may be dst's own rows (ldw == cout). While
  * the tile is still in cache this costs a fraction of a separate pass over the output per step. */
-static void store_tile(const float *acc, int64_t ldw, int64_t rows, int64_t cout,
+void sc_store_tile(const float *acc, int64_t ldw, int64_t rows, int64_t cout,
                        const float *scale, const float *shift, const float *residual, int relu,
                        float *dst) {
     for (int64_t r = 0; r < rows; ++r) {
@@ -273,7 +273,7 @@ static int implicit_gemm_tile(const void *arg, int64_t r0, int64_t rows, int64_t
         multiply_listed_rows(a->src, cin, a->w + k * cin * ldw, ldw, a->panel,
                              list_src + k * tile, list_row + k * tile, count[k], tacc);
     if (epilogue)
-        store_tile(tacc, ldw, rows, cout, a->scale, a->shift,
+        sc_store_tile(tacc, ldw, rows, cout, a->scale, a->shift,
                    a->residual ? a->residual + r0 * cout : NULL, a->relu, a->dst + r0 * cout);
     else if (tacc == acc)
         for (int64_t r = 0; r < rows; ++r)

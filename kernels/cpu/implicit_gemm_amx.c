@@ -349,11 +349,12 @@ int sc_weight_grad_bf16(const uint16_t *x, int64_t n_in, int64_t cin, const uint
 #ifdef HAVE_AMX
 /* The bf16 forward pass's operands, for its tile callback. */
 struct implicit_gemm_bf16_args {
-    const uint16_t *src, *w, *residual;
+    const uint16_t *src, *w;
+    const void *residual; /* bf16, or fp32 with out_f32 */
     const float *scale, *shift;
-    uint16_t *dst;
+    void *dst; /* bf16, or fp32 with out_f32 */
     int64_t cin, cin_p, ldw, cout, K;
-    int relu;
+    int relu, out_f32;
 };
 
 static int implicit_gemm_bf16_tile(const void *arg, int64_t r0, int64_t rows, int64_t tile,
@@ -370,8 +371,14 @@ static int implicit_gemm_bf16_tile(const void *arg, int64_t r0, int64_t rows, in
                                  list_src + k * tile, list_row + k * tile, count[k], acc, abuf,
                                  cbuf);
     _tile_release();
-    store_tile_bf16(acc, ldw, rows, cout, a->scale, a->shift,
-                    a->residual ? a->residual + r0 * cout : NULL, a->relu, a->dst + r0 * cout);
+    if (a->out_f32)
+        sc_store_tile(acc, ldw, rows, cout, a->scale, a->shift,
+                      a->residual ? (const float *)a->residual + r0 * cout : NULL, a->relu,
+                      (float *)a->dst + r0 * cout);
+    else
+        store_tile_bf16(acc, ldw, rows, cout, a->scale, a->shift,
+                        a->residual ? (const uint16_t *)a->residual + r0 * cout : NULL, a->relu,
+                        (uint16_t *)a->dst + r0 * cout);
     return 0;
 }
 #endif
@@ -380,19 +387,21 @@ static int implicit_gemm_bf16_tile(const void *arg, int64_t r0, int64_t rows, in
  *
  * src bf16 [n_src, cin], w packed as described above (cin_p = cin rounded up to 32, ldw =
  * cout rounded up to 16), nbmap [n_dst, K] int32 (-1: no neighbour), dst bf16 [n_dst, cout];
- * scale, shift fp32 [cout] or NULL, residual bf16 [n_dst, cout] or NULL, relu 0 or 1.
+ * scale, shift fp32 [cout] or NULL, residual bf16 [n_dst, cout] or NULL, relu 0 or 1. With
+ * out_f32, dst and residual are fp32 and nothing is rounded (fp32 operands multiplied in bf16,
+ * as torch's float32 matmul precision "medium" asks for).
  * Returns 0; bit 1 when nbmap names a row outside src, bit 2 when memory ran out, 8 when this
  * build or process cannot use AMX. Deterministic: each output row is summed by one thread in
  * offset order, whatever the thread count. */
 int sc_implicit_gemm_bf16(const uint16_t *src, int64_t n_src, int64_t cin, const uint16_t *w,
                           int64_t cin_p, int64_t ldw, int64_t cout, const int32_t *nbmap,
-                          int64_t n_dst, int64_t K, uint16_t *dst, int64_t tile,
-                          const float *scale, const float *shift, const uint16_t *residual,
-                          int relu, int n_threads) {
+                          int64_t n_dst, int64_t K, void *dst, int64_t tile,
+                          const float *scale, const float *shift, const void *residual,
+                          int relu, int out_f32, int n_threads) {
 #ifdef HAVE_AMX
     if (!sc_amx_ready() || cin_p % CHUNK || ldw % PANEL || cin > cin_p || cout > ldw) return 8;
     const struct implicit_gemm_bf16_args args = {src, w, residual, scale, shift, dst,
-                                                 cin, cin_p, ldw, cout, K, relu};
+                                                 cin, cin_p, ldw, cout, K, relu, out_f32};
     /* the gathered input rows, then the 32 x 32 float results */
     const size_t scratch = sizeof(uint16_t) * 2 * ROWS * cin_p + sizeof(float) * 4 * ROWS * PANEL;
     return sc_tile_rows(nbmap, n_dst, K, n_src, tile, ldw, scratch, implicit_gemm_bf16_tile,
@@ -400,7 +409,7 @@ int sc_implicit_gemm_bf16(const uint16_t *src, int64_t n_src, int64_t cin, const
 #else
     (void)src, (void)n_src, (void)cin, (void)w, (void)cin_p, (void)ldw, (void)cout, (void)nbmap;
     (void)n_dst, (void)K, (void)dst, (void)tile, (void)scale, (void)shift, (void)residual;
-    (void)relu, (void)n_threads;
+    (void)relu, (void)out_f32, (void)n_threads;
     return 8;
 #endif
 }

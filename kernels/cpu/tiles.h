@@ -31,6 +31,12 @@ static inline float sc_epilogue(float v, const float *scale, const float *shift,
     return relu ? (v > 0.0f ? v : 0.0f) : v;
 }
 
+/* dst[r][c] = sc_epilogue(acc[r][c]) for `rows` rows of `cout` columns (acc rows ldw apart;
+ * residual [rows, cout] or NULL): the fp32 store of every conv kernel (implicit_gemm.c). */
+__attribute__((visibility("hidden"))) void
+sc_store_tile(const float *acc, int64_t ldw, int64_t rows, int64_t cout, const float *scale,
+              const float *shift, const float *residual, int relu, float *dst);
+
 /* One slot's share of a weight gradient: sum the work items first .. last - 1 (item_k[i] the
  * offset, item_lo[i] the first pair) into buf; scratch is the thread's zeroed buffer. Returns 0,
  * or 1 for an index out of range. */

@@ -263,8 +263,11 @@ def run(
     background: int = 0,
     compile_net: bool = False,
     progress: bool = True,
+    float32_matmul_precision: str | None = None,
 ) -> dict:
-    """Rows of :func:`measure_cell` for every input, network and dtype; see the module doc."""
+    """Rows of :func:`measure_cell` for every input, network and dtype; see the module doc.
+    ``float32_matmul_precision`` is set with ``torch.set_float32_matmul_precision`` for the
+    whole run, every contender alike (restored after)."""
     unknown = [n for n in networks if n not in NETWORKS]
     if unknown:
         raise ValueError(f"unknown networks {unknown}; known: {sorted(NETWORKS)}")
@@ -281,16 +284,27 @@ def run(
         raise ValueError("no inputs: no real scans found and no synthetic sizes given")
     cells = [(s, n, d) for s in all_scans for n in networks for d in dtypes]
     rows = []
-    with load.background_load(background):
-        for scan, name, dt in progress_bar(cells, desc="bench net", disable=not progress):
-            row = measure_cell(name, scan, device, DTYPES[dt], thread_counts, rounds, compile_net)
-            row["background_load"] = background
-            rows.append(row)
-    return {"rows": rows, "threads": list(threads), "background_load": background}
+    before = torch.get_float32_matmul_precision()
+    precision = float32_matmul_precision or before
+    try:
+        torch.set_float32_matmul_precision(precision)
+        with load.background_load(background):
+            for scan, name, dt in progress_bar(cells, desc="bench net", disable=not progress):
+                row = measure_cell(
+                    name, scan, device, DTYPES[dt], thread_counts, rounds, compile_net
+                )
+                row["background_load"] = background
+                row["float32_matmul_precision"] = precision
+                rows.append(row)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    return {"rows": rows, "threads": list(threads), "background_load": background,
+            "float32_matmul_precision": precision}  # fmt: skip
 
 
 TABLE_COLUMNS = (
-    "input", "voxels", "network", "dtype", "max_rel_err_vs_spconv", "label_agreement_vs_spconv"
+    "input", "voxels", "network", "dtype", "float32_matmul_precision", "max_rel_err_vs_spconv",
+    "label_agreement_vs_spconv",
 )  # fmt: skip
 
 

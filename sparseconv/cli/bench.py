@@ -44,6 +44,10 @@ def add_parser(sub) -> None:
     n.add_argument("--background-load", type=int, default=0,
                    help="busy processes running beside every contender")  # fmt: skip
     n.add_argument("--compile", action="store_true", help="also time torch.compile(network)")
+    n.add_argument("--float32-matmul-precision", default=None,
+                   choices=["highest", "high", "medium"],
+                   help="torch.set_float32_matmul_precision for every contender during the run "
+                        "(medium: float32 products in bf16 on AMX CPUs, spconv's torch.mm too)")  # fmt: skip
     n.add_argument("--png", type=Path, default=Path("bench_net.png"), help="bar chart path")
     pr = bsub.add_parser(
         "prune", help="dense vs pruned variants of a trained run: mIoU, MACs, latency"
@@ -153,6 +157,7 @@ def run_net_bench(args: argparse.Namespace) -> int:
         tuple(args.threads) if args.threads else (1, 2),
         args.background_load,
         args.compile,
+        float32_matmul_precision=args.float32_matmul_precision,
     )
     payload["environment"] = report.environment(args.device)
     print(report.format_table(net.table_rows(payload["rows"])))

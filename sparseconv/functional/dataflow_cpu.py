@@ -11,7 +11,9 @@ GEMM instructions is more than ten times faster than torch's half-precision ``bm
 rounds the result back to the operands' dtype. float64 uses the ``torch`` dataflow.
 
 Where the CPU has AMX-BF16 (``kernels.amx_available()``), bfloat16 operands skip the widening:
-the forward pass, the input gradient and the weight gradient run AMX kernels, which multiplies bf16 tiles into
+the forward pass, the input gradient and the weight gradient run AMX kernels (and so do float32
+operands, rounded to bf16 with float32 results, when torch's float32 matmul precision allows
+bf16: :func:`float32_matmul_in_bf16`), which multiplies bf16 tiles into
 float32 sums (the same semantics, five to seven times the fp32 kernel's rate at 64-256
 channels).
 """
@@ -51,8 +53,9 @@ def fused_forward(
 
     A 1x1x1 submanifold conv (a residual shortcut) is a plain matrix product over an identity
     map: torch's GEMM runs it about twice as fast as the neighbour-table kernel."""
-    if _on_amx(x, weight):
-        return _amx_forward(x, weight, kmap.nbmap, epilogue)
+    out_dtype = _amx_output(x, weight)
+    if out_dtype is not None:
+        return _amx_forward(x, weight, kmap.nbmap, epilogue, out_dtype)
     x, weight = x.float(), weight.float()
     if kmap.kernel_volume == 1 and kmap.submanifold:
         out = x @ weight[0]
@@ -64,27 +67,50 @@ def fused_forward(
     )
 
 
-def _on_amx(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return x.dtype == weight.dtype == torch.bfloat16 and kernels.amx_available()
+def float32_matmul_in_bf16() -> bool:
+    """Whether torch lets float32 matrix products run in bfloat16 on the CPU
+    (``torch.set_float32_matmul_precision("medium")``, i.e.
+    ``torch.backends.mkldnn.matmul.fp32_precision == "bf16"``): float32 convs then follow it, as
+    the Triton kernels follow ``allow_tf32`` on a GPU."""
+    matmul = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    return getattr(matmul, "fp32_precision", None) == "bf16"
+
+
+def _amx_output(a: torch.Tensor, b: torch.Tensor) -> torch.dtype | None:
+    """The output dtype of the AMX kernels for operands ``a``, ``b`` (None: not on AMX): bf16
+    operands always, float32 ones when torch's float32 matmul precision allows bf16."""
+    if a.dtype != b.dtype or a.dtype not in (torch.bfloat16, torch.float32):
+        return None
+    if a.dtype == torch.float32 and not float32_matmul_in_bf16():
+        return None
+    return a.dtype if kernels.amx_available() else None
 
 
 def _amx_forward(
-    x: torch.Tensor, weight: torch.Tensor, nbmap: torch.Tensor, epilogue: Epilogue | None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    nbmap: torch.Tensor,
+    epilogue: Epilogue | None,
+    out_dtype: torch.dtype,
 ) -> torch.Tensor:
     epilogue = epilogue or Epilogue()
     return kernels.implicit_gemm_bf16(
-        x, weight, nbmap, epilogue.scale, epilogue.shift, epilogue.relu, epilogue.residual
-    )
+        x.bfloat16(), weight.bfloat16(), nbmap, epilogue.scale, epilogue.shift, epilogue.relu,
+        epilogue.residual, out_dtype,
+    )  # fmt: skip
 
 
 def backward_input(dy: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    if _on_amx(dy, weight):
-        return _amx_forward(dy, weight.transpose(1, 2), kmap.transposed_view().nbmap, None)
+    out_dtype = _amx_output(dy, weight)
+    if out_dtype is not None:
+        nbmap = kmap.transposed_view().nbmap
+        return _amx_forward(dy, weight.transpose(1, 2), nbmap, None, out_dtype)
     wt = weight.float().transpose(1, 2)
     return kernels.implicit_gemm(dy.float(), wt, kmap.transposed_view().nbmap)
 
 
 def backward_weight(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    if _on_amx(x, dy):
-        return kernels.weight_grad_bf16(x, dy, kmap.in_idx, kmap.out_idx, kmap.offset_ptr)
+    if _amx_output(x, dy) is not None:
+        pairs = (kmap.in_idx, kmap.out_idx, kmap.offset_ptr)
+        return kernels.weight_grad_bf16(x.bfloat16(), dy.bfloat16(), *pairs)
     return kernels.weight_grad(x.float(), dy.float(), kmap.in_idx, kmap.out_idx, kmap.offset_ptr)

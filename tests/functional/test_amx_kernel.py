@@ -217,3 +217,53 @@ def test_amx_store_rounds_exactly_as_torch():
     assert torch.equal(
         got[1:].view(torch.int16), (x.float() + residual.float()).bfloat16()[1:].view(torch.int16)
     )
+
+
+@needs_amx
+def test_float32_output_keeps_the_float32_sums():
+    """out_dtype=float32: the widened float32 kernel's result on the bf16-rounded operands, not
+    rounded at the end (float32 sums in another order: 1e-5)."""
+    coords = random_coords(600, extent=10, seed=11)
+    nbmap = build_kernel_map(coords, 3).nbmap
+    torch.manual_seed(5)
+    x = torch.randn(len(coords), 24).bfloat16()
+    w = (torch.randn(27, 24, 40) * 0.2).bfloat16()
+    res = torch.randn(len(coords), 40)
+    got = kernels.implicit_gemm_bf16(x, w, nbmap, residual=res, relu=True, out_dtype=torch.float32)
+    want = kernels.implicit_gemm(x.float(), w.float(), nbmap, residual=res, relu=True)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="out_dtype"):
+        kernels.implicit_gemm_bf16(x, w, nbmap, out_dtype=torch.float16)
+
+
+@needs_amx
+def test_float32_convs_follow_torchs_float32_matmul_precision():
+    """'medium' (bf16 allowed) runs float32 convs and their gradients on AMX with float32
+    results; 'highest' (the default) keeps them exact float32."""
+    coords = random_coords(500, extent=10, seed=12)
+    torch.manual_seed(6)
+    x = torch.randn(len(coords), 16, dtype=torch.float64)
+    w = torch.randn(27, 16, 12, dtype=torch.float64) * 0.2
+    grad = torch.randn(len(coords), 12, dtype=torch.float64)
+
+    def run(feats, weight, flow="cpu_implicit_gemm"):
+        feats, weight = feats.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        y = conv3d(sc.SparseTensor(feats, coords), weight, dataflow=flow).feats
+        return (y, *torch.autograd.grad((y * grad.to(y.dtype)).sum(), [feats, weight]))
+
+    exact = run(x, w, "torch")
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert not dataflow_cpu.float32_matmul_in_bf16()
+        full = run(x.float(), w.float())
+        torch.set_float32_matmul_precision("medium")
+        assert dataflow_cpu.float32_matmul_in_bf16()
+        medium = run(x.float(), w.float())
+    finally:
+        torch.set_float32_matmul_precision(before)
+    for f, m, e in zip(full, medium, exact):
+        assert f.dtype == m.dtype == torch.float32
+        assert (f.double() - e).norm() / e.norm() < 1e-5  # exact float32
+        assert 1e-5 < (m.double() - e).norm() / e.norm() < 1.5e-2  # bf16 operands
