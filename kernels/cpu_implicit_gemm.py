@@ -100,7 +100,7 @@ def implicit_gemm(
     w = _panel_major_weight(weight, panel)
     n_dst = nbmap.shape[0]
     dst = src.new_empty((n_dst, cout))
-    if n_dst == 0:
+    if n_dst == 0 or cout == 0:  # nothing to compute (and no panel to tile)
         return dst
     ldw = _panel_width(cout, panel)
     threads = available_threads()
@@ -198,7 +198,7 @@ def implicit_gemm_bf16(
     k, cin, cout = weight.shape
     n_dst = nbmap.shape[0]
     dst = src.new_empty((n_dst, cout), dtype=out_dtype)
-    if n_dst == 0:
+    if n_dst == 0 or cout == 0:  # nothing to compute (and no panel to tile)
         return dst
     w = _vnni_weight(weight)
     cin_p, ldw = _panel_width(cin, AMX_CHUNK), _panel_width(cout, AMX_PANEL)

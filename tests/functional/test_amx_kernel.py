@@ -100,6 +100,8 @@ def test_amx_bad_inputs_are_errors():
         kernels.implicit_gemm_bf16(x, w[:8], nb)
     empty = kernels.implicit_gemm_bf16(x, w, nb[:0])
     assert empty.shape == (0, 2)
+    no_columns = kernels.implicit_gemm_bf16(x, w[:, :, :0], nb)  # zero output channels
+    assert no_columns.shape == (2, 0)
 
 
 @needs_amx

@@ -84,6 +84,7 @@ def test_empty_inputs_and_rows_without_neighbours():
     assert torch.equal(y[[0, 1, 3, 4]], torch.zeros(4, 3))
     torch.testing.assert_close(y[2], x[0] @ w[13])
     assert kernels.implicit_gemm(x[:0], w, nb[:0]).shape == (0, 3)
+    assert kernels.implicit_gemm(x, w[:, :, :0], nb).shape == (5, 0)  # zero output channels
     ptr = torch.zeros(28, dtype=torch.int64)
     none = torch.zeros(0, dtype=torch.int64)
     assert torch.equal(kernels.weight_grad(x, y, none, none, ptr), torch.zeros(27, 4, 3))
