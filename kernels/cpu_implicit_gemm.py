@@ -186,12 +186,17 @@ def implicit_gemm_bf16(
     """:func:`implicit_gemm` for bfloat16 ``src`` and ``weight`` on AMX: products summed in
     float32, the epilogue in float32, each output rounded to bfloat16 once (the semantics of
     widening to float32 and rounding the result, up to the order of the float32 sums).
-    ``out_dtype=torch.float32`` keeps the float32 results unrounded (``residual`` float32 then):
-    float32 operands rounded to bf16 and multiplied on the tile unit, what torch's float32 matmul
-    precision ``"medium"`` does on this CPU."""
-    for name, t in (("src", src), ("weight", weight)):
-        if t.device.type != "cpu" or t.dtype != torch.bfloat16:
-            raise TypeError(f"{name} must be a bfloat16 CPU tensor, got {t.dtype} on {t.device}")
+    ``out_dtype=torch.float32`` keeps the float32 results unrounded (``residual`` float32 then);
+    a float32 ``src`` is rounded to bf16 row by row as it is gathered (no converted copy): float32
+    operands multiplied on the tile unit, what torch's float32 matmul precision ``"medium"`` does
+    on this CPU."""
+    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+        raise TypeError(
+            f"weight must be a bfloat16 CPU tensor, got {weight.dtype} on {weight.device}"
+        )
+    if src.device.type != "cpu" or src.dtype not in (torch.bfloat16, torch.float32):
+        raise TypeError(f"src must be a bfloat16 (or float32) CPU tensor, got {src.dtype} on "
+                        f"{src.device}")  # fmt: skip
     if out_dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"out_dtype must be bfloat16 or float32, got {out_dtype}")
     src, nbmap, terms = _prepared(src, weight, nbmap, scale, shift, residual, out_dtype)
@@ -206,7 +211,7 @@ def implicit_gemm_bf16(
     rc = cpu_library.lib().sc_implicit_gemm_bf16(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), cin_p, ldw, cout, nbmap.data_ptr(),
         n_dst, k, dst.data_ptr(), _tile_rows(ldw, n_dst, threads), *_pointers(terms), int(relu),
-        int(out_dtype == torch.float32), threads,
+        int(src.dtype == torch.float32), int(out_dtype == torch.float32), threads,
     )  # fmt: skip
     if rc & 8:
         raise RuntimeError("implicit_gemm_bf16: this CPU or build has no usable AMX-BF16")

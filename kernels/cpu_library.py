@@ -40,7 +40,7 @@ SIGNATURES = {
     "sc_max_panel": [],
     "sc_amx_ready": [],
     "sc_implicit_gemm_bf16": [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _I64, _I64, _PTR,
-                              _I64, _PTR, _PTR, _PTR, _INT, _INT, _INT],
+                              _I64, _PTR, _PTR, _PTR, _INT, _INT, _INT, _INT],
     "sc_weight_grad_bf16": [_PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR,
                             _I64, _INT],
     "sc_weight_grad": [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR,

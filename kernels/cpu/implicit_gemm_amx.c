@@ -76,6 +76,14 @@ typedef float f32x16 __attribute__((vector_size(64)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 
+/* to_bf16 of 16 float bit patterns at once */
+static inline u16x16 round16(u32x16 u) {
+    const u32x16 nan = (u32x16)((u & 0x7fffffffu) > 0x7f800000u);
+    const u32x16 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const u32x16 bits = (rounded & ~nan) | (((u >> 16) | 0x40u) & nan);
+    return __builtin_convertvector(bits, u16x16);
+}
+
 /* sc_epilogue and to_bf16 on 16 columns at once (the scalar steps, lane by lane: the same bits) */
 static inline void store16_bf16(const float *a, const float *scale, const float *shift,
                                 const uint16_t *res, int relu, uint16_t *o) {
@@ -99,11 +107,26 @@ static inline void store16_bf16(const float *a, const float *scale, const float 
     u32x16 u;
     memcpy(&u, &v, sizeof u);
     if (relu) u &= (u32x16)(v > (f32x16){0}); /* NaN and negatives to +0 */
-    const u32x16 nan = (u32x16)((u & 0x7fffffffu) > 0x7f800000u);
-    const u32x16 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    const u32x16 bits = (rounded & ~nan) | (((u >> 16) | 0x40u) & nan);
-    const u16x16 out = __builtin_convertvector(bits, u16x16);
+    const u16x16 out = round16(u);
     memcpy(o, &out, sizeof out);
+}
+
+/* row r of src (bf16, or fp32 rounded to bf16 on the way) into dst, cin numbers */
+static inline void copy_row_bf16(const void *src, int src_f32, int64_t r, int64_t cin,
+                                 uint16_t *dst) {
+    if (!src_f32) {
+        memcpy(dst, (const uint16_t *)src + r * cin, sizeof(uint16_t) * cin);
+        return;
+    }
+    const float *row = (const float *)src + r * cin;
+    int64_t c = 0;
+    for (; c + 16 <= cin; c += 16) {
+        u32x16 u;
+        memcpy(&u, row + c, sizeof u);
+        const u16x16 out = round16(u);
+        memcpy(dst + c, &out, sizeof out);
+    }
+    for (; c < cin; ++c) dst[c] = to_bf16(row[c]);
 }
 
 /* dst[r][c] = bf16(epilogue(acc[r][c])) for the tile's rows (see implicit_gemm.c store_tile):
@@ -180,20 +203,19 @@ tile_block(const int two_rows, const int two_panels, const uint16_t *abuf, int64
 
 /* acc[lr[i]] += src[ls[i]] @ wk for the n listed rows of one offset, 32 rows at a time.
  * abuf [32, cin_p] (columns >= cin stay zero), cbuf [32, 32] floats. */
-static void multiply_listed_rows_amx(const uint16_t *src, int64_t cin, int64_t cin_p,
+static void multiply_listed_rows_amx(const void *src, int src_f32, int64_t cin, int64_t cin_p,
                                      const uint16_t *wk, int64_t ldw, const int32_t *ls,
                                      const int32_t *lr, int64_t n, float *acc, uint16_t *abuf,
                                      float *cbuf) {
     const int64_t n_panels = ldw / PANEL, n_chunks = cin_p / CHUNK;
     const int64_t panel_size = n_chunks * ROWS * CHUNK; /* bf16 numbers in one weight panel */
-    const int64_t row_bytes = cin * (int64_t)sizeof(uint16_t);
+    const int64_t row_bytes = cin * (int64_t)(src_f32 ? sizeof(float) : sizeof(uint16_t));
     for (int64_t g = 0; g < n; g += 2 * ROWS) {
         const int R = n - g < 2 * ROWS ? (int)(n - g) : 2 * ROWS;
-        for (int r = 0; r < R; ++r)
-            memcpy(abuf + r * cin_p, src + (int64_t)ls[g + r] * cin, row_bytes);
+        for (int r = 0; r < R; ++r) copy_row_bf16(src, src_f32, ls[g + r], cin, abuf + r * cin_p);
         /* the next group's rows are scattered: fetch them while this one multiplies */
         for (int64_t q = g + 2 * ROWS; q < g + 4 * ROWS && q < n; ++q) {
-            const char *row = (const char *)(src + (int64_t)ls[q] * cin);
+            const char *row = (const char *)src + (int64_t)ls[q] * row_bytes;
             for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(row + b);
         }
         for (int64_t p = 0; p < n_panels; p += 2) {
@@ -349,12 +371,13 @@ int sc_weight_grad_bf16(const uint16_t *x, int64_t n_in, int64_t cin, const uint
 #ifdef HAVE_AMX
 /* The bf16 forward pass's operands, for its tile callback. */
 struct implicit_gemm_bf16_args {
-    const uint16_t *src, *w;
+    const void *src; /* bf16, or fp32 with src_f32 */
+    const uint16_t *w;
     const void *residual; /* bf16, or fp32 with out_f32 */
     const float *scale, *shift;
     void *dst; /* bf16, or fp32 with out_f32 */
     int64_t cin, cin_p, ldw, cout, K;
-    int relu, out_f32;
+    int relu, src_f32, out_f32;
 };
 
 static int implicit_gemm_bf16_tile(const void *arg, int64_t r0, int64_t rows, int64_t tile,
@@ -367,7 +390,7 @@ static int implicit_gemm_bf16_tile(const void *arg, int64_t r0, int64_t rows, in
     configure_tiles(); /* tile state is per thread: each tile sets and releases its own */
     memset(acc, 0, sizeof(float) * rows * ldw);
     for (int64_t k = 0; k < a->K; ++k)
-        multiply_listed_rows_amx(a->src, a->cin, cin_p, a->w + k * cin_p * ldw, ldw,
+        multiply_listed_rows_amx(a->src, a->src_f32, a->cin, cin_p, a->w + k * cin_p * ldw, ldw,
                                  list_src + k * tile, list_row + k * tile, count[k], acc, abuf,
                                  cbuf);
     _tile_release();
@@ -388,20 +411,22 @@ static int implicit_gemm_bf16_tile(const void *arg, int64_t r0, int64_t rows, in
  * src bf16 [n_src, cin], w packed as described above (cin_p = cin rounded up to 32, ldw =
  * cout rounded up to 16), nbmap [n_dst, K] int32 (-1: no neighbour), dst bf16 [n_dst, cout];
  * scale, shift fp32 [cout] or NULL, residual bf16 [n_dst, cout] or NULL, relu 0 or 1. With
- * out_f32, dst and residual are fp32 and nothing is rounded (fp32 operands multiplied in bf16,
- * as torch's float32 matmul precision "medium" asks for).
+ * out_f32, dst and residual are fp32 and nothing is rounded; with src_f32, src is fp32 and each
+ * row is rounded to bf16 as it is gathered (fp32 operands multiplied in bf16, as torch's float32
+ * matmul precision "medium" asks for, without a converted copy of the features).
  * Returns 0; bit 1 when nbmap names a row outside src, bit 2 when memory ran out, 8 when this
  * build or process cannot use AMX. Deterministic: each output row is summed by one thread in
  * offset order, whatever the thread count. */
-int sc_implicit_gemm_bf16(const uint16_t *src, int64_t n_src, int64_t cin, const uint16_t *w,
+int sc_implicit_gemm_bf16(const void *src, int64_t n_src, int64_t cin, const uint16_t *w,
                           int64_t cin_p, int64_t ldw, int64_t cout, const int32_t *nbmap,
                           int64_t n_dst, int64_t K, void *dst, int64_t tile,
                           const float *scale, const float *shift, const void *residual,
-                          int relu, int out_f32, int n_threads) {
+                          int relu, int src_f32, int out_f32, int n_threads) {
 #ifdef HAVE_AMX
     if (!sc_amx_ready() || cin_p % CHUNK || ldw % PANEL || cin > cin_p || cout > ldw) return 8;
     const struct implicit_gemm_bf16_args args = {src, w, residual, scale, shift, dst,
-                                                 cin, cin_p, ldw, cout, K, relu, out_f32};
+                                                 cin, cin_p, ldw, cout, K, relu, src_f32,
+                                                 out_f32};
     /* the gathered input rows, then the 32 x 32 float results */
     const size_t scratch = sizeof(uint16_t) * 2 * ROWS * cin_p + sizeof(float) * 4 * ROWS * PANEL;
     return sc_tile_rows(nbmap, n_dst, K, n_src, tile, ldw, scratch, implicit_gemm_bf16_tile,
@@ -409,7 +434,7 @@ int sc_implicit_gemm_bf16(const uint16_t *src, int64_t n_src, int64_t cin, const
 #else
     (void)src, (void)n_src, (void)cin, (void)w, (void)cin_p, (void)ldw, (void)cout, (void)nbmap;
     (void)n_dst, (void)K, (void)dst, (void)tile, (void)scale, (void)shift, (void)residual;
-    (void)relu, (void)out_f32, (void)n_threads;
+    (void)relu, (void)src_f32, (void)out_f32, (void)n_threads;
     return 8;
 #endif
 }

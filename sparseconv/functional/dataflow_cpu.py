@@ -94,8 +94,8 @@ def _amx_forward(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     epilogue = epilogue or Epilogue()
-    return kernels.implicit_gemm_bf16(
-        x.bfloat16(), weight.bfloat16(), nbmap, epilogue.scale, epilogue.shift, epilogue.relu,
+    return kernels.implicit_gemm_bf16(  # a float32 x is rounded row by row as it is gathered
+        x, weight.bfloat16(), nbmap, epilogue.scale, epilogue.shift, epilogue.relu,
         epilogue.residual, out_dtype,
     )  # fmt: skip
 

@@ -96,6 +96,8 @@ def test_amx_bad_inputs_are_errors():
         kernels.implicit_gemm_bf16(x, w, nb)
     with pytest.raises(TypeError, match="bfloat16"):
         kernels.implicit_gemm_bf16(x.float(), w.float(), nb)
+    with pytest.raises(TypeError, match="bfloat16"):
+        kernels.implicit_gemm_bf16(x.double(), w, nb)
     with pytest.raises(ValueError, match="disagree"):
         kernels.implicit_gemm_bf16(x, w[:8], nb)
     empty = kernels.implicit_gemm_bf16(x, w, nb[:0])
@@ -237,6 +239,25 @@ def test_float32_output_keeps_the_float32_sums():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="out_dtype"):
         kernels.implicit_gemm_bf16(x, w, nbmap, out_dtype=torch.float16)
+
+
+@needs_amx
+@pytest.mark.parametrize("c_in", [5, 16, 40])
+def test_a_float32_source_is_rounded_as_torch_rounds_it(c_in):
+    """A float32 src, rounded row by row as it is gathered, gives the same bits as the src
+    rounded by torch first (vector part and tail of each row, ties, NaN)."""
+    coords = random_coords(500, extent=10, seed=c_in)
+    nbmap = build_kernel_map(coords, 3).nbmap
+    torch.manual_seed(7)
+    x = torch.randn(len(coords), c_in)
+    x[0, 0] = 1 + 2**-8  # a tie: to even, 1.0
+    x[1, -1] = float("nan")
+    w = (torch.randn(27, c_in, 24) * 0.2).bfloat16()
+    for out in (torch.float32, torch.bfloat16):
+        got = kernels.implicit_gemm_bf16(x, w, nbmap, out_dtype=out)
+        want = kernels.implicit_gemm_bf16(x.bfloat16(), w, nbmap, out_dtype=out)
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(got[~got.isnan()], want[~want.isnan()])
 
 
 @needs_amx
