@@ -4,18 +4,17 @@ Output-stationary like ``triton_implicit_gemm``, but for the CPU: the forward pa
 ``kmap.nbmap``, the input gradient the transposed map's ``nbmap`` with ``W^T``, and the weight
 gradient the CSR pairs (``sparseconv.kernels.cpu_implicit_gemm``). No atomics: the forward
 pass, the input gradient and the weight gradient are deterministic and do not depend on the
-thread count (the weight gradient sums fixed slots of pairs in slot order). The kernels compute in float32; float16 / bfloat16 operands are widened to
-float32 per call (exact: the products of half-precision numbers are exact in float32, and the
+thread count (the weight gradient sums fixed slots of pairs in slot order). The kernels
+compute in float32; float16 / bfloat16 operands are widened to float32 per call (exact: the products of half-precision numbers are exact in float32, and the
 sum accumulates in float32 as every dataflow's does), which on a CPU without half-precision
 GEMM instructions is more than ten times faster than torch's half-precision ``bmm``. The caller
 rounds the result back to the operands' dtype. float64 uses the ``torch`` dataflow.
 
 Where the CPU has AMX-BF16 (``kernels.amx_available()``), bfloat16 operands skip the widening:
-the forward pass, the input gradient and the weight gradient run AMX kernels (and so do float32
-operands, rounded to bf16 with float32 results, when torch's float32 matmul precision allows
-bf16: :func:`float32_matmul_in_bf16`), which multiplies bf16 tiles into
-float32 sums (the same semantics, five to seven times the fp32 kernel's rate at 64-256
-channels).
+the forward pass, the input gradient and the weight gradient run the AMX kernels, which
+multiply bf16 tiles into float32 sums (the same semantics; about four times the fp32 kernel's
+rate at 64-256 channels). Float32 operands take them too when torch's float32 matmul precision
+allows bf16 (:func:`float32_matmul_in_bf16`): rounded to bf16, float32 results.
 """
 
 from __future__ import annotations
