@@ -5,9 +5,10 @@ Output-stationary like ``triton_implicit_gemm``, but for the CPU: the forward pa
 gradient the CSR pairs (``sparseconv.kernels.cpu_implicit_gemm``). No atomics: the forward
 pass, the input gradient and the weight gradient are deterministic and do not depend on the
 thread count (the weight gradient sums fixed slots of pairs in slot order). The kernels
-compute in float32; float16 / bfloat16 operands are widened to float32 per call (exact: the products of half-precision numbers are exact in float32, and the
-sum accumulates in float32 as every dataflow's does), which on a CPU without half-precision
-GEMM instructions is more than ten times faster than torch's half-precision ``bmm``. The caller
+compute in float32; float16 / bfloat16 operands are widened to float32 per call (exact: the
+products of half-precision numbers are exact in float32, and the sum accumulates in float32 as
+every dataflow's does), which on a CPU without half-precision GEMM instructions is more than
+ten times faster than torch's half-precision ``bmm``. The caller
 rounds the result back to the operands' dtype. float64 uses the ``torch`` dataflow.
 
 Where the CPU has AMX-BF16 (``kernels.amx_available()``), bfloat16 operands skip the widening:
