@@ -35,6 +35,8 @@ unavailable_reason = cpu_library.unavailable_reason
 
 
 def _check(rc: int, what: str) -> None:
+    if rc & 8:
+        raise RuntimeError(f"{what}: this CPU or build has no usable AMX-BF16")
     if rc & 4:
         raise ValueError(f"{what}: the kernel was given a panel width it was not built for")
     if rc & 2:
@@ -70,10 +72,12 @@ def _panel_major_weight(weight: torch.Tensor, panel: int) -> torch.Tensor:
     return padded.view(k, cin, ldw // panel, panel).transpose(1, 2).contiguous()
 
 
-def _check_inputs(**tensors: torch.Tensor) -> None:
+def _check_inputs(dtypes: tuple[torch.dtype, ...] = (torch.float32,), **tensors) -> None:
+    """Each tensor a CPU tensor of one of ``dtypes`` (the kernels read raw memory)."""
     for name, t in tensors.items():
-        if t.device.type != "cpu" or t.dtype != torch.float32:
-            raise TypeError(f"{name} must be a float32 CPU tensor, got {t.dtype} on {t.device}")
+        if t.device.type != "cpu" or t.dtype not in dtypes:
+            names = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+            raise TypeError(f"{name} must be a {names} CPU tensor, got {t.dtype} on {t.device}")
 
 
 def implicit_gemm(
@@ -190,13 +194,8 @@ def implicit_gemm_bf16(
     a float32 ``src`` is rounded to bf16 row by row as it is gathered (no converted copy): float32
     operands multiplied on the tile unit, what torch's float32 matmul precision ``"medium"`` does
     on this CPU."""
-    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
-        raise TypeError(
-            f"weight must be a bfloat16 CPU tensor, got {weight.dtype} on {weight.device}"
-        )
-    if src.device.type != "cpu" or src.dtype not in (torch.bfloat16, torch.float32):
-        raise TypeError(f"src must be a bfloat16 (or float32) CPU tensor, got {src.dtype} on "
-                        f"{src.device}")  # fmt: skip
+    _check_inputs((torch.bfloat16,), weight=weight)
+    _check_inputs((torch.bfloat16, torch.float32), src=src)
     if out_dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"out_dtype must be bfloat16 or float32, got {out_dtype}")
     src, nbmap, terms = _prepared(src, weight, nbmap, scale, shift, residual, out_dtype)
@@ -213,8 +212,6 @@ def implicit_gemm_bf16(
         n_dst, k, dst.data_ptr(), _tile_rows(ldw, n_dst, threads), *_pointers(terms), int(relu),
         int(src.dtype == torch.float32), int(out_dtype == torch.float32), threads,
     )  # fmt: skip
-    if rc & 8:
-        raise RuntimeError("implicit_gemm_bf16: this CPU or build has no usable AMX-BF16")
     _check(rc, "implicit_gemm_bf16")
     return dst
 
@@ -244,9 +241,7 @@ def weight_grad_bf16(
 ) -> torch.Tensor:
     """:func:`weight_grad` for bfloat16 ``x`` and ``dy`` on AMX: float32 ``[K, Cin, Cout]``,
     every product exact and every sum float32 (the widened computation in another order)."""
-    for name, t in (("x", x), ("dy", dy)):
-        if t.device.type != "cpu" or t.dtype != torch.bfloat16:
-            raise TypeError(f"{name} must be a bfloat16 CPU tensor, got {t.dtype} on {t.device}")
+    _check_inputs((torch.bfloat16,), x=x, dy=dy)
     x, dy, in_idx, out_idx, ptr = _pair_operands(x, dy, in_idx, out_idx, offset_ptr)
     k = ptr.numel() - 1
     dw = torch.empty((k, x.shape[1], dy.shape[1]))
@@ -257,8 +252,6 @@ def weight_grad_bf16(
         in_idx.data_ptr(), out_idx.data_ptr(), ptr.data_ptr(), k, dw.data_ptr(),
         AMX_WEIGHT_GRAD_CHUNK, available_threads(),
     )  # fmt: skip
-    if rc & 8:
-        raise RuntimeError("weight_grad_bf16: this CPU or build has no usable AMX-BF16")
     _check(rc, "weight_grad_bf16")
     return dw
 

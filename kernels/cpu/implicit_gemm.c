@@ -201,12 +201,12 @@ static void multiply_listed_rows(const float *src, int64_t cin, const float *wk,
     }
 }
 
-/* dst[r][c] = epilogue(acc[r][c]) for the tile's rows: acc * scale + shift + residual[r][c]
+/* tiles.h: dst[r][c] = epilogue(acc[r][c]) for the tile's rows: acc * scale + shift + residual[r][c]
  * (each may be NULL), then max(., 0) with relu; acc may be dst's own rows (ldw == cout). While
  * the tile is still in cache this costs a fraction of a separate pass over the output per step. */
 void sc_store_tile(const float *acc, int64_t ldw, int64_t rows, int64_t cout,
-                       const float *scale, const float *shift, const float *residual, int relu,
-                       float *dst) {
+                   const float *scale, const float *shift, const float *residual, int relu,
+                   float *dst) {
     for (int64_t r = 0; r < rows; ++r) {
         const float *a = acc + r * ldw;
         const float *res = residual ? residual + r * cout : NULL;
@@ -274,7 +274,7 @@ static int implicit_gemm_tile(const void *arg, int64_t r0, int64_t rows, int64_t
                              list_src + k * tile, list_row + k * tile, count[k], tacc);
     if (epilogue)
         sc_store_tile(tacc, ldw, rows, cout, a->scale, a->shift,
-                   a->residual ? a->residual + r0 * cout : NULL, a->relu, a->dst + r0 * cout);
+                      a->residual ? a->residual + r0 * cout : NULL, a->relu, a->dst + r0 * cout);
     else if (tacc == acc)
         for (int64_t r = 0; r < rows; ++r)
             memcpy(a->dst + (r0 + r) * cout, acc + r * ldw, sizeof(float) * cout);
@@ -286,7 +286,7 @@ static int implicit_gemm_tile(const void *arg, int64_t r0, int64_t rows, int64_t
  * src [n_src, cin], w [K, ldw / panel, cin, panel] (panel-major; panel 16 or sc_max_panel(),
  * ldw a multiple of it, columns >= cout zero),
  * nbmap [n_dst, K] int32 (-1: no neighbour), dst [n_dst, cout]; scale, shift [cout] or NULL,
- * residual [n_dst, cout] or NULL, relu 0 or 1 (store_tile). Returns 0; bit 1 when nbmap names
+ * residual [n_dst, cout] or NULL, relu 0 or 1 (sc_store_tile). Returns 0; bit 1 when nbmap names
  * a row outside src, bit 2 when memory ran out (dst is then incomplete). */
 int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *w, int64_t ldw,
                      int64_t cout, const int32_t *nbmap, int64_t n_dst, int64_t K, float *dst,

@@ -129,9 +129,8 @@ static inline void copy_row_bf16(const void *src, int src_f32, int64_t r, int64_
     for (; c < cin; ++c) dst[c] = to_bf16(row[c]);
 }
 
-/* dst[r][c] = bf16(epilogue(acc[r][c])) for the tile's rows (see implicit_gemm.c store_tile):
- * 16 columns at a time, the tail one by one. At C = 256 the scalar loop cost a third of the
- * layer. */
+/* dst[r][c] = bf16(epilogue(acc[r][c])) for the tile's rows (sc_store_tile, then rounded):
+ * 16 columns at a time, the tail one by one (the same bits either way). */
 static void store_tile_bf16(const float *acc, int64_t ldw, int64_t rows, int64_t cout,
                             const float *scale, const float *shift, const uint16_t *residual,
                             int relu, uint16_t *dst) {

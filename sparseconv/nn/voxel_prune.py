@@ -63,7 +63,7 @@ class VoxelPrune(nn.Module):
         batch = x.coords[:, 0]
         if len(batch) == 0:
             return batch.new_zeros(0, dtype=torch.long)
-        if bool(batch[0] == batch[-1]) and bool((batch == batch[0]).all()):  # one scan
+        if bool((batch == batch[0]).all()):  # one scan: no per-scan split
             return _top_rows(s, max(1, math.ceil(self.keep_ratio * len(s))))
         kept = []
         for b in torch.unique(batch).tolist():
