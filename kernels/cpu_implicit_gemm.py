@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -80,6 +82,72 @@ def _check_inputs(dtypes: tuple[torch.dtype, ...] = (torch.float32,), **tensors)
             raise TypeError(f"{name} must be a {names} CPU tensor, got {t.dtype} on {t.device}")
 
 
+@dataclass(frozen=True)
+class TilePlan:
+    """Every tile's neighbour lists of one neighbour table, for one tile size.
+
+    The kernels list each tile's neighbours offset by offset before multiplying; at 8-16
+    channels that listing costs a quarter of the layer. A map serves every layer of a stage
+    (and a transposed map their input gradients), so the lists are made once per map and tile
+    size (``sc_tile_plan_fill``) and every later call reads them. Entries ``ptr[t * K + k] ..
+    ptr[t * K + k + 1]`` of ``src`` / ``row`` are tile ``t``'s offset-``k`` neighbours: the
+    input row and the row within the tile. Checked against ``n_src`` input rows when made.
+    """
+
+    tile: int
+    n_src: int
+    ptr: torch.Tensor  # int64 [n_tiles * K + 1]
+    src: torch.Tensor  # int32 [pairs]
+    row: torch.Tensor  # int32 [pairs]
+
+    def pointers(self) -> tuple[int, int, int]:
+        return self.ptr.data_ptr(), self.src.data_ptr(), self.row.data_ptr()
+
+
+# (tile, n_src) -> the map's kept TilePlan for that tile size, or None to list tiles as they run
+TilePlanner = Callable[[int, int], "TilePlan | None"]
+
+
+def tile_plan(nbmap: torch.Tensor, tile: int, n_src: int) -> TilePlan:
+    """The :class:`TilePlan` of ``nbmap`` (int32 ``[N_dst, K]``) for tiles of ``tile`` rows,
+    checked against ``n_src`` input rows (IndexError if it names a row outside them)."""
+    if tile < 1:
+        raise ValueError(f"tile must be at least 1 row, got {tile}")
+    nbmap = nbmap.to(torch.int32).contiguous()
+    n_dst, k = nbmap.shape
+    n_tiles = -(-n_dst // tile)
+    threads = available_threads()
+    counts = torch.zeros(n_tiles * k + 1, dtype=torch.int64)
+    lib = cpu_library.lib()
+    _check(lib.sc_tile_plan_count(nbmap.data_ptr(), n_dst, k, n_src, tile,
+                                  counts[1:].data_ptr(), threads), "tile_plan")  # fmt: skip
+    ptr = counts.cumsum_(0)
+    pairs = int(ptr[-1])
+    src, row = torch.empty(pairs, dtype=torch.int32), torch.empty(pairs, dtype=torch.int32)
+    rc = lib.sc_tile_plan_fill(nbmap.data_ptr(), n_dst, k, n_src, tile, ptr.data_ptr(),
+                               src.data_ptr(), row.data_ptr(), threads)  # fmt: skip
+    _check(rc, "tile_plan")
+    return TilePlan(tile, n_src, ptr, src, row)
+
+
+def _plan_pointers(
+    planner: TilePlanner | None, tile: int, n_src: int, n_dst: int, k: int
+) -> tuple[int | None, int | None, int | None]:
+    """The kernel's plan arguments: the planner's plan for this tile size, or NULLs."""
+    if planner is None:
+        return None, None, None
+    plan = planner(tile, n_src)
+    if plan is None:
+        return None, None, None
+    if plan.tile != tile or plan.n_src != n_src or plan.ptr.numel() != -(-n_dst // tile) * k + 1:
+        raise ValueError(
+            f"the tile plan (tile {plan.tile}, {plan.n_src} input rows, {plan.ptr.numel()} list "
+            f"bounds) was not made for this call (tile {tile}, {n_src} input rows, "
+            f"{n_dst} x {k} neighbour table)"
+        )
+    return plan.pointers()
+
+
 def implicit_gemm(
     src: torch.Tensor,
     weight: torch.Tensor,
@@ -88,11 +156,13 @@ def implicit_gemm(
     shift: torch.Tensor | None = None,
     relu: bool = False,
     residual: torch.Tensor | None = None,
+    planner: TilePlanner | None = None,
 ) -> torch.Tensor:
     """``dst[j] = sum_k src[nbmap[j, k]] @ weight[k]`` (rows with ``nbmap == -1`` skipped),
     then ``* scale + shift`` per output channel, ``+ residual[j]`` and ``max(., 0)`` with
     ``relu`` (an inference epilogue applied as each tile of rows is stored; any term may be
-    None).
+    None). ``planner`` gives the map's kept :class:`TilePlan` for the tile size this call
+    uses (None: each tile's neighbours are listed as it is taken).
 
     ``src`` float32 ``[N_src, Cin]``, ``weight`` float32 ``[K, Cin, Cout]``, ``nbmap`` int32
     ``[N_dst, K]``. Deterministic: each output row is summed by one thread in offset order.
@@ -108,10 +178,11 @@ def implicit_gemm(
         return dst
     ldw = _panel_width(cout, panel)
     threads = available_threads()
+    tile = _tile_rows(ldw, n_dst, threads)
+    plan = _plan_pointers(planner, tile, src.shape[0], n_dst, k)
     rc = cpu_library.lib().sc_implicit_gemm(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), ldw, cout, nbmap.data_ptr(),
-        n_dst, k, dst.data_ptr(), _tile_rows(ldw, n_dst, threads), panel, *_pointers(terms),
-        int(relu), threads,
+        n_dst, k, dst.data_ptr(), tile, *plan, panel, *_pointers(terms), int(relu), threads,
     )  # fmt: skip
     _check(rc, "implicit_gemm")
     return dst
@@ -186,6 +257,7 @@ def implicit_gemm_bf16(
     relu: bool = False,
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
+    planner: TilePlanner | None = None,
 ) -> torch.Tensor:
     """:func:`implicit_gemm` for bfloat16 ``src`` and ``weight`` on AMX: products summed in
     float32, the epilogue in float32, each output rounded to bfloat16 once (the semantics of
@@ -207,9 +279,11 @@ def implicit_gemm_bf16(
     w = _vnni_weight(weight)
     cin_p, ldw = _panel_width(cin, AMX_CHUNK), _panel_width(cout, AMX_PANEL)
     threads = available_threads()
+    tile = _tile_rows(ldw, n_dst, threads)
+    plan = _plan_pointers(planner, tile, src.shape[0], n_dst, k)
     rc = cpu_library.lib().sc_implicit_gemm_bf16(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), cin_p, ldw, cout, nbmap.data_ptr(),
-        n_dst, k, dst.data_ptr(), _tile_rows(ldw, n_dst, threads), *_pointers(terms), int(relu),
+        n_dst, k, dst.data_ptr(), tile, *plan, *_pointers(terms), int(relu),
         int(src.dtype == torch.float32), int(out_dtype == torch.float32), threads,
     )  # fmt: skip
     _check(rc, "implicit_gemm_bf16")

@@ -35,12 +35,14 @@ def _flags() -> list[str]:
 _I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 # argument types of every exported function (all return an int status)
 SIGNATURES = {
-    "sc_implicit_gemm": [_PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64,
-                         _PTR, _PTR, _PTR, _INT, _INT],
+    "sc_implicit_gemm": [_PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _PTR,
+                         _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _INT, _INT],
     "sc_max_panel": [],
     "sc_amx_ready": [],
     "sc_implicit_gemm_bf16": [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _I64, _I64, _PTR,
-                              _I64, _PTR, _PTR, _PTR, _INT, _INT, _INT, _INT],
+                              _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _INT, _INT, _INT, _INT],
+    "sc_tile_plan_count": [_PTR, _I64, _I64, _I64, _I64, _PTR, _INT],
+    "sc_tile_plan_fill": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _INT],
     "sc_weight_grad_bf16": [_PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR,
                             _I64, _INT],
     "sc_weight_grad": [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR,

@@ -135,12 +135,12 @@ static void rows_times_wide_panel_any(int R, const float *const *src, const floa
 /* The widest weight panel this build's register kernels take (the caller packs weights so). */
 int sc_max_panel(void) { return WIDE; }
 
-/* Lists each offset's neighbours of the tile rows [r0, r0 + rows) (see sc_tile_work). Returns 1
- * if an input row is out of range. */
-static int bucket_tile(const int32_t *nbmap, int64_t r0, int64_t rows, int64_t K, int64_t n_src,
-                       int64_t tile, int32_t *list_src, int32_t *list_row, int64_t *count) {
+/* Appends each valid neighbour of the rows [r0, r0 + rows) to its offset's list: entry
+ * cursor[k]++ of list_src (the input row) and list_row (the row within the tile). Returns 1 if an
+ * input row is out of range. */
+static int list_tile(const int32_t *nbmap, int64_t r0, int64_t rows, int64_t K, int64_t n_src,
+                     int64_t *cursor, int32_t *list_src, int32_t *list_row) {
     int bad = 0;
-    memset(count, 0, sizeof(int64_t) * K);
     /* A scan row holds a few of its 27 neighbours in no predictable pattern: a branch per
      * entry mispredicted often enough to cost more than an 8-channel layer's arithmetic. Each
      * row's valid entries become a bit mask (a branch-free, vectorisable compare) and only its
@@ -159,11 +159,57 @@ static int bucket_tile(const int32_t *nbmap, int64_t r0, int64_t rows, int64_t K
             while (valid) {
                 const int64_t k = k0 + __builtin_ctzll(valid);
                 valid &= valid - 1;
-                const int64_t i = k * tile + count[k]++;
+                const int64_t i = cursor[k]++;
                 list_src[i] = nb[k];
                 list_row[i] = (int32_t)r;
             }
         }
+    }
+    return bad;
+}
+
+/* counts[t * K + k] = the valid neighbours of offset k among the rows of tile t (tiles of `tile`
+ * rows). Returns 1 if nbmap names a row outside [0, n_src). */
+int sc_tile_plan_count(const int32_t *nbmap, int64_t n_dst, int64_t K, int64_t n_src,
+                       int64_t tile, int64_t *counts, int n_threads) {
+    const int64_t n_tiles = (n_dst + tile - 1) / tile;
+    int bad = 0;
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 4) reduction(| : bad)
+    for (int64_t t = 0; t < n_tiles; ++t) {
+        int64_t *count = counts + t * K;
+        const int64_t hi = (t + 1) * tile < n_dst ? (t + 1) * tile : n_dst;
+        for (int64_t k = 0; k < K; ++k) count[k] = 0;
+        for (int64_t j = t * tile; j < hi; ++j) {
+            const int32_t *nb = nbmap + j * K;
+            for (int64_t k = 0; k < K; ++k) { /* branch-free: vectorised across offsets */
+                count[k] += (uint32_t)nb[k] < (uint32_t)n_src;
+                bad |= nb[k] >= n_src;
+            }
+        }
+    }
+    return bad;
+}
+
+/* The tile lists of every tile at once (a plan: sc_tile_rows then skips the listing): ptr
+ * [n_tiles * K + 1] is the running sum of sc_tile_plan_count's counts, and tile t's offset-k
+ * entries go to list_src / list_row [ptr[t * K + k], ptr[t * K + k + 1]). */
+int sc_tile_plan_fill(const int32_t *nbmap, int64_t n_dst, int64_t K, int64_t n_src,
+                      int64_t tile, const int64_t *ptr, int32_t *list_src, int32_t *list_row,
+                      int n_threads) {
+    const int64_t n_tiles = (n_dst + tile - 1) / tile;
+    int bad = 0;
+#pragma omp parallel num_threads(n_threads) reduction(| : bad)
+    {
+        int64_t *cursor = malloc(sizeof(int64_t) * (K ? K : 1));
+        if (!cursor) bad |= 2;
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t t = 0; t < n_tiles; ++t) {
+            if (!cursor) continue;
+            const int64_t rows = n_dst - t * tile < tile ? n_dst - t * tile : tile;
+            memcpy(cursor, ptr + t * K, sizeof(int64_t) * K);
+            bad |= list_tile(nbmap, t * tile, rows, K, n_src, cursor, list_src, list_row);
+        }
+        free(cursor);
     }
     return bad;
 }
@@ -218,18 +264,22 @@ void sc_store_tile(const float *acc, int64_t ldw, int64_t rows, int64_t cout,
 
 /* tiles.h: the tile schedule both implicit-GEMM kernels run on */
 int sc_tile_rows(const int32_t *nbmap, int64_t n_dst, int64_t K, int64_t n_src, int64_t tile,
-                 int64_t ldw, size_t scratch_bytes, sc_tile_work work, const void *args,
-                 int n_threads) {
+                 int64_t ldw, const sc_tile_plan *plan, size_t scratch_bytes, sc_tile_work work,
+                 const void *args, int n_threads) {
     const int64_t n_tiles = (n_dst + tile - 1) / tile;
+    const int64_t lists = plan ? 1 : K * tile; /* a plan brings its own lists */
     int bad = 0;
 #pragma omp parallel num_threads(n_threads) reduction(| : bad)
     {
         float *acc = malloc(sizeof(float) * tile * ldw);
-        int32_t *list_src = malloc(sizeof(int32_t) * K * tile);
-        int32_t *list_row = malloc(sizeof(int32_t) * K * tile);
-        int64_t *count = malloc(sizeof(int64_t) * K);
+        int32_t *list_src = malloc(sizeof(int32_t) * lists);
+        int32_t *list_row = malloc(sizeof(int32_t) * lists);
+        int64_t *begin = malloc(sizeof(int64_t) * (K ? K : 1));
+        int64_t *end = malloc(sizeof(int64_t) * (K ? K : 1));
         void *scratch = calloc(1, scratch_bytes ? scratch_bytes : 1);
-        const int ok = acc && list_src && list_row && count && scratch;
+        const int ok = acc && list_src && list_row && begin && end && scratch;
+        if (ok)
+            for (int64_t k = 0; k < K; ++k) begin[k] = k * tile;
         /* every thread must reach the work-sharing loop, even one without buffers */
 #pragma omp for schedule(dynamic, 2)
         for (int64_t t = 0; t < n_tiles; ++t) {
@@ -239,13 +289,21 @@ int sc_tile_rows(const int32_t *nbmap, int64_t n_dst, int64_t K, int64_t n_src, 
             }
             const int64_t r0 = t * tile;
             const int64_t rows = n_dst - r0 < tile ? n_dst - r0 : tile;
-            bad |= bucket_tile(nbmap, r0, rows, K, n_src, tile, list_src, list_row, count);
-            bad |= work(args, r0, rows, tile, list_src, list_row, count, acc, scratch);
+            if (plan) {
+                const int64_t *ptr = plan->ptr + t * K; /* offset k: [ptr[k], ptr[k + 1]) */
+                bad |= work(args, r0, rows, plan->list_src, plan->list_row, ptr, ptr + 1, acc,
+                            scratch);
+                continue;
+            }
+            memcpy(end, begin, sizeof(int64_t) * K);
+            bad |= list_tile(nbmap, r0, rows, K, n_src, end, list_src, list_row);
+            bad |= work(args, r0, rows, list_src, list_row, begin, end, acc, scratch);
         }
         free(acc);
         free(list_src);
         free(list_row);
-        free(count);
+        free(begin);
+        free(end);
         free(scratch);
     }
     return bad;
@@ -259,9 +317,9 @@ struct implicit_gemm_args {
     int relu;
 };
 
-static int implicit_gemm_tile(const void *arg, int64_t r0, int64_t rows, int64_t tile,
-                              const int32_t *list_src, const int32_t *list_row,
-                              const int64_t *count, float *acc, void *scratch) {
+static int implicit_gemm_tile(const void *arg, int64_t r0, int64_t rows, const int32_t *list_src,
+                              const int32_t *list_row, const int64_t *begin, const int64_t *end,
+                              float *acc, void *scratch) {
     (void)scratch;
     const struct implicit_gemm_args *a = arg;
     const int64_t cin = a->cin, ldw = a->ldw, cout = a->cout;
@@ -271,7 +329,7 @@ static int implicit_gemm_tile(const void *arg, int64_t r0, int64_t rows, int64_t
     memset(tacc, 0, sizeof(float) * rows * ldw);
     for (int64_t k = 0; k < a->K; ++k)
         multiply_listed_rows(a->src, cin, a->w + k * cin * ldw, ldw, a->panel,
-                             list_src + k * tile, list_row + k * tile, count[k], tacc);
+                             list_src + begin[k], list_row + begin[k], end[k] - begin[k], tacc);
     if (epilogue)
         sc_store_tile(tacc, ldw, rows, cout, a->scale, a->shift,
                       a->residual ? a->residual + r0 * cout : NULL, a->relu, a->dst + r0 * cout);
@@ -286,17 +344,21 @@ static int implicit_gemm_tile(const void *arg, int64_t r0, int64_t rows, int64_t
  * src [n_src, cin], w [K, ldw / panel, cin, panel] (panel-major; panel 16 or sc_max_panel(),
  * ldw a multiple of it, columns >= cout zero),
  * nbmap [n_dst, K] int32 (-1: no neighbour), dst [n_dst, cout]; scale, shift [cout] or NULL,
- * residual [n_dst, cout] or NULL, relu 0 or 1 (sc_store_tile). Returns 0; bit 1 when nbmap names
- * a row outside src, bit 2 when memory ran out (dst is then incomplete). */
+ * residual [n_dst, cout] or NULL, relu 0 or 1 (sc_store_tile); plan_ptr, plan_src, plan_row
+ * the map's tile lists for this tile size (sc_tile_plan_fill, checked against n_src when built)
+ * or NULL to list each tile as it is taken. Returns 0; bit 1 when nbmap names a row outside
+ * src, bit 2 when memory ran out (dst is then incomplete). */
 int sc_implicit_gemm(const float *src, int64_t n_src, int64_t cin, const float *w, int64_t ldw,
                      int64_t cout, const int32_t *nbmap, int64_t n_dst, int64_t K, float *dst,
-                     int64_t tile, int64_t panel, const float *scale, const float *shift,
-                     const float *residual, int relu, int n_threads) {
+                     int64_t tile, const int64_t *plan_ptr, const int32_t *plan_src,
+                     const int32_t *plan_row, int64_t panel, const float *scale,
+                     const float *shift, const float *residual, int relu, int n_threads) {
     if (panel != NR && panel != WIDE) return 4;
     const struct implicit_gemm_args args = {src, w, scale, shift, residual, dst,
                                             cin, ldw, cout, K, panel, relu};
-    return sc_tile_rows(nbmap, n_dst, K, n_src, tile, ldw, 0, implicit_gemm_tile, &args,
-                        n_threads);
+    const sc_tile_plan plan = {plan_ptr, plan_src, plan_row};
+    return sc_tile_rows(nbmap, n_dst, K, n_src, tile, ldw, plan_ptr ? &plan : NULL, 0,
+                        implicit_gemm_tile, &args, n_threads);
 }
 
 /* dw[k] (cin x NR panel at columns j) += sum_p xc[p, c0:c0+R]^T (x) gc[p, j:j+16]. */

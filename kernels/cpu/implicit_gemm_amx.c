@@ -379,9 +379,10 @@ struct implicit_gemm_bf16_args {
     int relu, src_f32, out_f32;
 };
 
-static int implicit_gemm_bf16_tile(const void *arg, int64_t r0, int64_t rows, int64_t tile,
+static int implicit_gemm_bf16_tile(const void *arg, int64_t r0, int64_t rows,
                                    const int32_t *list_src, const int32_t *list_row,
-                                   const int64_t *count, float *acc, void *scratch) {
+                                   const int64_t *begin, const int64_t *end, float *acc,
+                                   void *scratch) {
     const struct implicit_gemm_bf16_args *a = arg;
     const int64_t cin_p = a->cin_p, ldw = a->ldw, cout = a->cout;
     uint16_t *abuf = scratch; /* [32, cin_p]; columns >= cin stay zero */
@@ -390,8 +391,8 @@ static int implicit_gemm_bf16_tile(const void *arg, int64_t r0, int64_t rows, in
     memset(acc, 0, sizeof(float) * rows * ldw);
     for (int64_t k = 0; k < a->K; ++k)
         multiply_listed_rows_amx(a->src, a->src_f32, a->cin, cin_p, a->w + k * cin_p * ldw, ldw,
-                                 list_src + k * tile, list_row + k * tile, count[k], acc, abuf,
-                                 cbuf);
+                                 list_src + begin[k], list_row + begin[k], end[k] - begin[k], acc,
+                                 abuf, cbuf);
     _tile_release();
     if (a->out_f32)
         sc_store_tile(acc, ldw, rows, cout, a->scale, a->shift,
@@ -412,15 +413,18 @@ static int implicit_gemm_bf16_tile(const void *arg, int64_t r0, int64_t rows, in
  * scale, shift fp32 [cout] or NULL, residual bf16 [n_dst, cout] or NULL, relu 0 or 1. With
  * out_f32, dst and residual are fp32 and nothing is rounded; with src_f32, src is fp32 and each
  * row is rounded to bf16 as it is gathered (fp32 operands multiplied in bf16, as torch's float32
- * matmul precision "medium" asks for, without a converted copy of the features).
+ * matmul precision "medium" asks for, without a converted copy of the features). plan_ptr,
+ * plan_src, plan_row: the map's tile lists or NULL, as for sc_implicit_gemm.
  * Returns 0; bit 1 when nbmap names a row outside src, bit 2 when memory ran out, 8 when this
  * build or process cannot use AMX. Deterministic: each output row is summed by one thread in
  * offset order, whatever the thread count. */
 int sc_implicit_gemm_bf16(const void *src, int64_t n_src, int64_t cin, const uint16_t *w,
                           int64_t cin_p, int64_t ldw, int64_t cout, const int32_t *nbmap,
                           int64_t n_dst, int64_t K, void *dst, int64_t tile,
-                          const float *scale, const float *shift, const void *residual,
-                          int relu, int src_f32, int out_f32, int n_threads) {
+                          const int64_t *plan_ptr, const int32_t *plan_src,
+                          const int32_t *plan_row, const float *scale, const float *shift,
+                          const void *residual, int relu, int src_f32, int out_f32,
+                          int n_threads) {
 #ifdef HAVE_AMX
     if (!sc_amx_ready() || cin_p % CHUNK || ldw % PANEL || cin > cin_p || cout > ldw) return 8;
     const struct implicit_gemm_bf16_args args = {src, w, residual, scale, shift, dst,
@@ -428,11 +432,13 @@ int sc_implicit_gemm_bf16(const void *src, int64_t n_src, int64_t cin, const uin
                                                  out_f32};
     /* the gathered input rows, then the 32 x 32 float results */
     const size_t scratch = sizeof(uint16_t) * 2 * ROWS * cin_p + sizeof(float) * 4 * ROWS * PANEL;
-    return sc_tile_rows(nbmap, n_dst, K, n_src, tile, ldw, scratch, implicit_gemm_bf16_tile,
-                        &args, n_threads);
+    const sc_tile_plan plan = {plan_ptr, plan_src, plan_row};
+    return sc_tile_rows(nbmap, n_dst, K, n_src, tile, ldw, plan_ptr ? &plan : NULL, scratch,
+                        implicit_gemm_bf16_tile, &args, n_threads);
 #else
     (void)src, (void)n_src, (void)cin, (void)w, (void)cin_p, (void)ldw, (void)cout, (void)nbmap;
     (void)n_dst, (void)K, (void)dst, (void)tile, (void)scale, (void)shift, (void)residual;
+    (void)plan_ptr, (void)plan_src, (void)plan_row;
     (void)relu, (void)src_f32, (void)out_f32, (void)n_threads;
     return 8;
 #endif

@@ -4,22 +4,31 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* One tile of output rows [r0, r0 + rows) of an output-stationary kernel: list_src[k * tile + i]
- * is an input row of offset k's i-th neighbour of the tile, list_row[...] the tile row it feeds,
- * count[k] how many; acc is the thread's [tile, ldw] float buffer, scratch its zeroed
+/* One tile of output rows [r0, r0 + rows) of an output-stationary kernel: entries
+ * [begin[k], end[k]) of list_src / list_row are offset k's neighbours of the tile (the input
+ * row, the tile row it feeds); acc is the thread's [tile, ldw] float buffer, scratch its zeroed
  * scratch_bytes. Returns 0, or a status bit to report. */
-typedef int (*sc_tile_work)(const void *args, int64_t r0, int64_t rows, int64_t tile,
-                            const int32_t *list_src, const int32_t *list_row,
-                            const int64_t *count, float *acc, void *scratch);
+typedef int (*sc_tile_work)(const void *args, int64_t r0, int64_t rows, const int32_t *list_src,
+                            const int32_t *list_row, const int64_t *begin, const int64_t *end,
+                            float *acc, void *scratch);
+
+/* Every tile's lists of one map, made once (sc_tile_plan_count / sc_tile_plan_fill) for all the
+ * layers and passes that run on it: tile t's offset-k entries are [ptr[t * K + k],
+ * ptr[t * K + k + 1]) of list_src / list_row. */
+typedef struct {
+    const int64_t *ptr;
+    const int32_t *list_src, *list_row;
+} sc_tile_plan;
 
 /* The tile schedule of the implicit-GEMM kernels (implicit_gemm.c): threads take tiles of
- * `tile` output rows dynamically, list each tile's neighbours from nbmap [n_dst, K] and hand it
- * to `work`. Returns the OR of the statuses: bit 1 when nbmap names a row outside [0, n_src),
- * bit 2 when memory ran out. */
+ * `tile` output rows dynamically, list each tile's neighbours from nbmap [n_dst, K] (or read
+ * them from `plan`, made for this tile size; NULL: list them here) and hand the tile to `work`.
+ * Returns the OR of the statuses: bit 1 when nbmap names a row outside [0, n_src), bit 2 when
+ * memory ran out. */
 __attribute__((visibility("hidden"))) int
 sc_tile_rows(const int32_t *nbmap, int64_t n_dst, int64_t K, int64_t n_src, int64_t tile,
-             int64_t ldw, size_t scratch_bytes, sc_tile_work work, const void *args,
-             int n_threads);
+             int64_t ldw, const sc_tile_plan *plan, size_t scratch_bytes, sc_tile_work work,
+             const void *args, int n_threads);
 
 /* The inference epilogue of one output value of column c: * scale + shift (each may be NULL),
  * + the residual's value (0 without one), then max(., 0) with relu. */

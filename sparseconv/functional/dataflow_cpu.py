@@ -2,7 +2,8 @@
 
 Output-stationary like ``triton_implicit_gemm``, but for the CPU: the forward pass walks
 ``kmap.nbmap``, the input gradient the transposed map's ``nbmap`` with ``W^T``, and the weight
-gradient the CSR pairs (``sparseconv.kernels.cpu_implicit_gemm``). No atomics: the forward
+gradient the CSR pairs (``sparseconv.kernels.cpu_implicit_gemm``); each map keeps the kernels'
+per-tile neighbour lists once made (:func:`_tile_planner`). No atomics: the forward
 pass, the input gradient and the weight gradient are deterministic and do not depend on the
 thread count (the weight gradient sums fixed slots of pairs in slot order). The kernels
 compute in float32; float16 / bfloat16 operands are widened to float32 per call (exact: the
@@ -20,11 +21,13 @@ allows bf16 (:func:`float32_matmul_in_bf16`): rounded to bf16, float32 results.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from sparseconv.functional.epilogue import Epilogue
 from sparseconv.kernels import cpu_implicit_gemm as kernels
-from sparseconv.maps.kernel_map import KernelMap
+from sparseconv.maps.kernel_map import KernelMap, PlanKind
 
 COMPUTED_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -55,7 +58,7 @@ def fused_forward(
     map: torch's GEMM runs it about twice as fast as the neighbour-table kernel."""
     out_dtype = _amx_output(x, weight)
     if out_dtype is not None:
-        return _amx_forward(x, weight, kmap.nbmap, epilogue, out_dtype)
+        return _amx_forward(x, weight, kmap, epilogue, out_dtype)
     x, weight = x.float(), weight.float()
     if kmap.kernel_volume == 1 and kmap.submanifold:
         out = x @ weight[0]
@@ -63,8 +66,31 @@ def fused_forward(
     epilogue = epilogue or Epilogue()
     residual = None if epilogue.residual is None else epilogue.residual.float()
     return kernels.implicit_gemm(
-        x, weight, kmap.nbmap, epilogue.scale, epilogue.shift, epilogue.relu, residual
-    )
+        x, weight, kmap.nbmap, epilogue.scale, epilogue.shift, epilogue.relu, residual,
+        planner=_tile_planner(kmap),
+    )  # fmt: skip
+
+
+def _tile_planner(kmap: KernelMap) -> kernels.TilePlanner:
+    """The kernels' tile lists of ``kmap.nbmap``, kept in ``kmap.plans`` per tile size.
+
+    Making them costs about 1.3 listings of the tiles, and a call that reads them saves about
+    half of an 8-16-channel layer. A submanifold map serves every conv of its stage, so it gets
+    them on first use; any other map (strided, transposed, offset subsets) usually serves one
+    call, so it gets them when a second call on the same tile size comes."""
+
+    def planner(tile: int, n_src: int) -> kernels.TilePlan | None:
+        uses = kmap.plan(PlanKind.CPU_TILE_USES, Counter)
+        uses[tile, n_src] += 1
+        if not kmap.submanifold and uses[tile, n_src] == 1:
+            return None
+
+        def make() -> kernels.TilePlan:
+            return kernels.tile_plan(kmap.nbmap, tile, n_src)
+
+        return kmap.plan(PlanKind.CPU_TILE_LISTS, make, tile, n_src)
+
+    return planner
 
 
 def float32_matmul_in_bf16() -> bool:
@@ -89,24 +115,26 @@ def _amx_output(a: torch.Tensor, b: torch.Tensor) -> torch.dtype | None:
 def _amx_forward(
     x: torch.Tensor,
     weight: torch.Tensor,
-    nbmap: torch.Tensor,
+    kmap: KernelMap,
     epilogue: Epilogue | None,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     epilogue = epilogue or Epilogue()
     return kernels.implicit_gemm_bf16(  # a float32 x is rounded row by row as it is gathered
-        x, weight.bfloat16(), nbmap, epilogue.scale, epilogue.shift, epilogue.relu,
-        epilogue.residual, out_dtype,
+        x, weight.bfloat16(), kmap.nbmap, epilogue.scale, epilogue.shift, epilogue.relu,
+        epilogue.residual, out_dtype, planner=_tile_planner(kmap),
     )  # fmt: skip
 
 
 def backward_input(dy: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     out_dtype = _amx_output(dy, weight)
+    transposed = kmap.transposed_view()
     if out_dtype is not None:
-        nbmap = kmap.transposed_view().nbmap
-        return _amx_forward(dy, weight.transpose(1, 2), nbmap, None, out_dtype)
+        return _amx_forward(dy, weight.transpose(1, 2), transposed, None, out_dtype)
     wt = weight.float().transpose(1, 2)
-    return kernels.implicit_gemm(dy.float(), wt, kmap.transposed_view().nbmap)
+    return kernels.implicit_gemm(
+        dy.float(), wt, transposed.nbmap, planner=_tile_planner(transposed)
+    )
 
 
 def backward_weight(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap) -> torch.Tensor:

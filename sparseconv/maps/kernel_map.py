@@ -37,6 +37,8 @@ class PlanKind(enum.Enum):
     OFFSET_PTR_ON_DEVICE = "offset_ptr copied to the map's device"
     ROW_ORDER = "output rows in neighbour-mask order (Triton implicit GEMM)"
     OFFSET_SUBSET = "the map restricted to some kernel offsets (kernel-offset pruning)"
+    CPU_TILE_USES = "calls of the CPU kernels per tile size before the map had tile lists"
+    CPU_TILE_LISTS = "every tile's neighbour lists for one tile size (CPU implicit GEMM)"
 
 
 class KernelMap:

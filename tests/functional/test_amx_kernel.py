@@ -50,6 +50,17 @@ def test_amx_forward_equals_the_widened_float32_kernel(c_in, c_out):
 
 
 @needs_amx
+def test_amx_kernel_reads_a_maps_tile_lists_bit_for_bit(monkeypatch):
+    coords = random_coords(900, extent=11, seed=5)
+    nbmap = build_kernel_map(coords, 3).nbmap
+    x, w = torch.randn(len(coords), 20).bfloat16(), (torch.randn(27, 20, 24) * 0.2).bfloat16()
+    monkeypatch.setattr(kernels, "_tile_rows", lambda ldw, n, threads: 96)
+    plan = kernels.tile_plan(nbmap, 96, len(coords))
+    listed = kernels.implicit_gemm_bf16(x, w, nbmap)
+    assert torch.equal(kernels.implicit_gemm_bf16(x, w, nbmap, planner=lambda t, n: plan), listed)
+
+
+@needs_amx
 @pytest.mark.parametrize("terms", ["scale shift relu", "residual relu", "scale residual"])
 def test_amx_epilogue_equals_the_float32_epilogue(terms):
     coords = random_coords(500, extent=9, seed=3)

@@ -178,3 +178,72 @@ def test_thread_count_is_torchs(monkeypatch):
             assert torch.equal(one_dw, grad_w())  # slots summed in slot order, any thread count
         finally:
             torch.set_num_threads(n)
+
+
+def _random_nbmap(n_dst: int, n_src: int, k: int, density: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    nb = torch.randint(0, n_src, (n_dst, k), generator=gen, dtype=torch.int32)
+    return torch.where(torch.rand(n_dst, k, generator=gen) < density, nb, -1)
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("n_dst,k,tile", [(1000, 27, 32), (1000, 27, 333), (77, 8, 1024),
+                                          (300, 1, 64), (130, 70, 32)])  # fmt: skip
+def test_tile_plans_hold_every_neighbour_once(n_dst, k, tile, monkeypatch):
+    """...and the kernel reading them gives the listing's result bit for bit. K > 64 (two
+    mask words), a last tile shorter than the rest, K = 1."""
+    nbmap = _random_nbmap(n_dst, 500, k, 0.3, seed=n_dst + k)
+    plan = kernels.tile_plan(nbmap, tile, 500)
+    n_tiles = -(-n_dst // tile)
+    assert plan.ptr.shape == (n_tiles * k + 1,) and int(plan.ptr[-1]) == int((nbmap >= 0).sum())
+    for t in (0, n_tiles - 1):
+        for j in (0, k - 1):
+            lo, hi = int(plan.ptr[t * k + j]), int(plan.ptr[t * k + j + 1])
+            rows = torch.arange(t * tile, min((t + 1) * tile, n_dst))
+            with_neighbour = rows[nbmap[rows, j] >= 0]
+            assert torch.equal(plan.row[lo:hi].long() + t * tile, with_neighbour)
+            assert torch.equal(plan.src[lo:hi], nbmap[with_neighbour, j])
+    torch.manual_seed(0)
+    src, w = torch.randn(500, 12), torch.randn(k, 12, 20)
+    monkeypatch.setattr(kernels, "_tile_rows", lambda ldw, n, threads: tile)
+    listed = kernels.implicit_gemm(src, w, nbmap)
+    assert torch.equal(kernels.implicit_gemm(src, w, nbmap, planner=lambda t, n: plan), listed)
+
+
+@needs_cpu_kernels
+def test_tile_plans_refuse_bad_rows_and_plans_made_for_another_call():
+    nbmap = _random_nbmap(200, 100, 27, 0.3, seed=1)
+    with pytest.raises(IndexError, match="outside the feature matrix"):
+        kernels.tile_plan(nbmap, 64, 50)  # rows up to 99 named
+    with pytest.raises(ValueError, match="at least 1 row"):
+        kernels.tile_plan(nbmap, 0, 100)
+    src, w = torch.randn(100, 4), torch.randn(27, 4, 8)
+    other = kernels.tile_plan(nbmap, 7, 100)
+    with pytest.raises(ValueError, match="was not made for this call"):
+        kernels.implicit_gemm(src, w, nbmap, planner=lambda t, n: other)
+    empty = kernels.tile_plan(nbmap[:0], 64, 100)
+    assert empty.ptr.tolist() == [0] and empty.src.numel() == 0
+
+
+@needs_cpu_kernels
+def test_submanifold_maps_keep_tile_lists_from_the_first_call_other_maps_from_the_second():
+    from sparseconv.maps.kernel_map import PlanKind
+
+    coords = random_coords(600, extent=12, seed=3)
+    x = sc.SparseTensor(torch.randn(len(coords), 8), coords)
+    w3, w2 = torch.randn(27, 8, 8), torch.randn(8, 8, 8)
+    flow = DATAFLOWS["cpu_implicit_gemm"]
+
+    def lists(km):
+        return [key for key in km.plans if key[0] is PlanKind.CPU_TILE_LISTS]
+
+    subm = build_kernel_map(coords, 3)
+    first = flow.forward(x.feats, w3, subm)
+    assert len(lists(subm)) == 1
+    assert torch.equal(flow.forward(x.feats, w3, subm), first)  # read from the kept lists
+    assert torch.equal(first, kernels.implicit_gemm(x.feats, w3, subm.nbmap))
+    strided = build_kernel_map(coords, 2, stride=2)
+    flow.forward(x.feats, w2, strided)
+    assert lists(strided) == []
+    flow.forward(x.feats, w2, strided)
+    assert len(lists(strided)) == 1
