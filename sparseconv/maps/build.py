@@ -149,8 +149,8 @@ def _subset_map(coords, key, geometry: _Geometry, offsets, method, cache, check,
     check_rows(coords.shape[0], "input")
     chosen = [offsets[k] for k in kept]
     shifts = scaled_offsets(chosen, geometry.dilation, geometry.tensor_stride, geometry.padding)
-    kmap = _native_map(coord_keys.pack(coords), coords, coords, shifts.to(coords.device), chosen,
-                       method, True)  # fmt: skip
+    kmap = _native_map(_packed(coords, cache, geometry.tensor_stride), coords, coords,
+                       shifts.to(coords.device), chosen, method, True)  # fmt: skip
     if cache is not None:
         cache.kmaps[subset_key] = kmap
     return kmap
@@ -208,12 +208,31 @@ def _register(cache: MapCache | None, geometry: _Geometry, out_coords: torch.Ten
     return cache.register(geometry.out_stride, out_coords, geometry.rule())
 
 
+def _packed(coords: torch.Tensor, cache: MapCache | None, tensor_stride: Triple) -> torch.Tensor:
+    """The packed keys of ``coords`` (the cache's coordinates at ``tensor_stride`` when there is
+    a cache), packed once per stride."""
+    if cache is None:
+        return coord_keys.pack(coords)
+    if tensor_stride not in cache.keys:
+        cache.keys[tensor_stride] = coord_keys.pack(coords)
+    return cache.keys[tensor_stride]
+
+
+def _identity(coords: torch.Tensor, offsets) -> KernelMap:
+    """The map of a 1x1x1 submanifold conv: every row its own (and only) input, no search.
+    A residual shortcut's map; the CPU dataflow runs it as one matrix product."""
+    rows = torch.arange(coords.shape[0], dtype=torch.int32, device=coords.device)
+    return KernelMap.from_nbmap(rows[:, None], coords, coords.shape[0], offsets, submanifold=True)
+
+
 def _forward(coords, geometry: _Geometry, offsets, method, cache) -> KernelMap:
     d, ts, mode = geometry.dilation, geometry.tensor_stride, geometry.mode
+    if geometry.submanifold and geometry.kernel_size == (1, 1, 1):
+        return _identity(coords, offsets)
     if device_maps.applies(coords.device) and not tables.native(coords.device):
         return _device_forward(coords, geometry, offsets, method, cache)
     shifts = scaled_offsets(offsets, d, ts, geometry.padding).to(coords.device)
-    in_keys = coord_keys.pack(coords)
+    in_keys = _packed(coords, cache, ts)
     symmetric = geometry.submanifold and all(k % 2 == 1 for k in _kernel_dims(offsets))
     if geometry.submanifold:
         out_coords = coords
@@ -318,8 +337,8 @@ def _transposed(coords, geometry: _Geometry, offsets, method, cache) -> KernelMa
     out_coords = output_coords.transposed_generative(coords, deltas)
     out_coords = output_coords.within(out_coords, ts_out, geometry.bounds)
     if tables.native(coords.device):
-        return _native_map(coord_keys.pack(coords), coords, out_coords, -deltas, offsets, method,
-                           symmetric=False)  # fmt: skip
+        return _native_map(_packed(coords, cache, ts), coords, out_coords, -deltas, offsets,
+                           method, symmetric=False)  # fmt: skip
     found = neighbor_matrix(coord_keys.pack(coords), coord_keys.pack(out_coords), -deltas, method)
     return from_neighbor_matrix(found, out_coords, coords.shape[0], offsets)
 

@@ -26,6 +26,9 @@ MapKey = tuple[Triple, Triple, Triple, Triple, bool, str, Triple, "Triple | None
 class MapCache:
     coords: dict[Triple, torch.Tensor] = field(default_factory=dict)
     tables: dict[Triple, HashTable] = field(default_factory=dict)
+    # packed int64 keys of coords[stride]: the submanifold map there and the strided map leaving
+    # it read the same keys, so they are packed once per stride
+    keys: dict[Triple, torch.Tensor] = field(default_factory=dict)
     kmaps: dict[MapKey | tuple, KernelMap] = field(default_factory=dict)
     # which rule produced each stride's coordinates: a strided conv reuses them only by the same rule
     rules: dict[Triple, tuple] = field(default_factory=dict)
