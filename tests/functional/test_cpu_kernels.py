@@ -247,3 +247,32 @@ def test_submanifold_maps_keep_tile_lists_from_the_first_call_other_maps_from_th
     assert lists(strided) == []
     flow.forward(x.feats, w2, strided)
     assert len(lists(strided)) == 1
+
+
+@needs_cpu_kernels
+def test_packed_weights_are_kept_while_the_weight_is_unchanged():
+    nbmap = _random_nbmap(300, 100, 27, 0.3, seed=4)
+    src = torch.randn(100, 8)
+    weight = torch.nn.Parameter(torch.randn(27, 8, 24))
+    with torch.no_grad():
+        first = kernels.implicit_gemm(src, weight, nbmap)
+        kept = dict(weight.__dict__["_sparseconv_layouts"])
+        assert torch.equal(kernels.implicit_gemm(src, weight, nbmap), first)
+        assert weight.__dict__["_sparseconv_layouts"] == kept  # reused, not repacked
+        weight.mul_(2)  # an in-place write (an optimiser step, pruning) bumps the version
+        assert torch.equal(kernels.implicit_gemm(src, weight, nbmap), first * 2)
+        weight.data = torch.randn(27, 8, 24)  # new storage
+        expected = _forward_by_offsets(src, weight.data, nbmap)
+        torch.testing.assert_close(kernels.implicit_gemm(src, weight, nbmap), expected)
+    tracked = torch.randn(27, 8, 24, requires_grad=True)
+    kernels.implicit_gemm(src, tracked.detach(), nbmap)
+    kernels.implicit_gemm(src, tracked, nbmap)  # autograd is tracking it: packed per call
+    assert "_sparseconv_layouts" not in tracked.__dict__
+
+
+def _forward_by_offsets(src, weight, nbmap):
+    out = torch.zeros(nbmap.shape[0], weight.shape[2])
+    for k in range(nbmap.shape[1]):
+        rows = (nbmap[:, k] >= 0).nonzero().view(-1)
+        out[rows] += src[nbmap[rows, k].long()] @ weight[k]
+    return out
