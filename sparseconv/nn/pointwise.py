@@ -41,14 +41,35 @@ class BatchNorm(_OnFeatures, nn.BatchNorm1d):
         )
 
     def epilogue(self, relu: bool = False) -> Epilogue:
-        """The norm (inference, running statistics) as a per-channel affine map, then ReLU."""
+        """The norm (inference, running statistics) as a per-channel affine map, then ReLU.
+
+        The map is kept while the statistics and parameters are unchanged (their storage and
+        version counters) and autograd is off: folding them costs five small torch ops per
+        layer and call."""
+        scale, shift = self._folded()
+        return Epilogue(scale, shift, relu)
+
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._fold()
+        tensors = (self.running_var, self.running_mean, self.weight, self.bias)
+        state = (
+            self.eps,
+            *((t.data_ptr(), t._version) if t is not None else None for t in tensors),
+        )
+        kept = getattr(self, "_folded_state", None)
+        if kept is None or kept[0] != state:
+            kept = self._folded_state = (state, self._fold())
+        return kept[1]
+
+    def _fold(self) -> tuple[torch.Tensor, torch.Tensor]:
         scale = torch.rsqrt(self.running_var + self.eps)
         if self.weight is not None:
             scale = scale * self.weight
         shift = -self.running_mean * scale
         if self.bias is not None:
             shift = shift + self.bias
-        return Epilogue(scale, shift, relu)
+        return scale, shift
 
     def apply_in_place_(self, x: SparseTensor) -> SparseTensor:
         """``x`` normalised by overwriting its features: for a tensor nobody else holds (the

@@ -113,3 +113,30 @@ def test_fused_inference_equals_each_step_on_its_own(model_cls, monkeypatch):
     convs = sum(isinstance(m, sc.nn.Conv3d) for m in net.modules())
     assert len(calls) == convs  # every conv of these networks is followed by a batch norm
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_a_norms_folded_epilogue_follows_its_statistics_and_parameters():
+    """The folded affine map is kept between inference calls, never past a change."""
+    torch.manual_seed(0)
+    bn = sc.nn.BatchNorm(6).eval()
+    feats = torch.randn(50, 6)
+
+    def folded_equals_torch():
+        with torch.no_grad():
+            want = torch.nn.functional.batch_norm(
+                feats, bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps
+            )
+            torch.testing.assert_close(bn.epilogue().apply_(feats.clone()), want)
+
+    folded_equals_torch()
+    with torch.no_grad():
+        assert bn.epilogue().scale is bn.epilogue().scale  # kept
+        bn.running_mean.add_(1.0)  # in place (a training step, load_state_dict)
+    folded_equals_torch()
+    with torch.no_grad():
+        bn.weight.mul_(3.0)
+    folded_equals_torch()
+    bn.running_var = torch.rand(6) + 0.5  # a new tensor
+    folded_equals_torch()
+    bn.eps = 0.1
+    folded_equals_torch()
