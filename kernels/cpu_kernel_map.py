@@ -154,13 +154,38 @@ def downsample(
         keys.data_ptr(), n, *out_stride, floored.data_ptr(), order.data_ptr(), _threads()
     ):
         raise MemoryError("downsample: out of memory")
-    in_order = floored.index_select(0, order)
-    first = torch.ones(n, dtype=torch.bool)
-    if n > 1:
-        torch.ne(in_order[1:], in_order[:-1], out=first[1:])
+    out_keys = torch.empty(n, dtype=torch.int64)
     out_row = torch.empty(n, dtype=torch.int64)
-    out_row[order] = torch.cumsum(first, 0) - 1
-    return in_order[first], out_row, floored
+    n_out = torch.zeros(1, dtype=torch.int64)
+    cpu_library.lib().sc_downsample_outputs(
+        floored.data_ptr(), order.data_ptr(), n, out_keys.data_ptr(), out_row.data_ptr(),
+        n_out.data_ptr(),
+    )  # fmt: skip
+    return out_keys[: int(n_out)].clone(), out_row, floored
+
+
+def pack_keys(coords: torch.Tensor) -> torch.Tensor:
+    """:func:`sparseconv.maps.keys.pack` in one pass (int32 ``[N, 4]`` checked coordinates)."""
+    if coords.dtype != torch.int32 or coords.is_cuda or coords.dim() != 2 or coords.shape[1] != 4:
+        raise TypeError("coords must be an int32 CPU tensor of shape [N, 4]")
+    coords = coords.contiguous()
+    keys = torch.empty(coords.shape[0], dtype=torch.int64)
+    cpu_library.lib().sc_pack_keys(coords.data_ptr(), coords.shape[0], keys.data_ptr(), _threads())
+    return keys
+
+
+def is_sorted(keys: torch.Tensor) -> bool:
+    """Whether int64 ``keys`` ascend (one C pass)."""
+    _check_keys(keys=keys)
+    return bool(cpu_library.lib().sc_is_sorted(keys.data_ptr(), keys.numel()))
+
+
+def unpack_keys(keys: torch.Tensor) -> torch.Tensor:
+    """:func:`sparseconv.maps.keys.unpack` in one pass."""
+    _check_keys(keys=keys)
+    coords = torch.empty((keys.numel(), 4), dtype=torch.int32)
+    cpu_library.lib().sc_unpack_keys(keys.data_ptr(), keys.numel(), coords.data_ptr(), _threads())
+    return coords
 
 
 def scatter_cells(

@@ -55,6 +55,10 @@ SIGNATURES = {
     "sc_csr_count": [_PTR, _I64, _I64, _PTR, _INT],
     "sc_csr_fill": [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _INT],
     "sc_downsample_sorted": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _INT],
+    "sc_downsample_outputs": [_PTR, _PTR, _I64, _PTR, _PTR, _PTR],
+    "sc_pack_keys": [_PTR, _I64, _PTR, _INT],
+    "sc_is_sorted": [_PTR, _I64],
+    "sc_unpack_keys": [_PTR, _I64, _PTR, _INT],
     "sc_scatter_cells": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I64,
                          _INT],
 }  # fmt: skip

@@ -348,3 +348,51 @@ int sc_scatter_cells(const int64_t *keys, const int64_t *floored, const int64_t 
     }
     return bad;
 }
+
+/* ---- packed coordinate keys (sparseconv.maps.keys): batch in bits 48+, then biased x, y, z
+ * in 16 bits each. One pass instead of torch's five whole-array steps. ---------------------- */
+
+int sc_pack_keys(const int32_t *coords, int64_t n, int64_t *keys, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) {
+        const int32_t *c = coords + 4 * i;
+        keys[i] = ((int64_t)c[0] << (3 * FIELD_BITS)) | ((c[1] + BIAS) << (2 * FIELD_BITS)) |
+                  ((c[2] + BIAS) << FIELD_BITS) | (c[3] + BIAS);
+    }
+    return 0;
+}
+
+int sc_unpack_keys(const int64_t *keys, int64_t n, int32_t *coords, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t k = keys[i];
+        int32_t *c = coords + 4 * i;
+        c[0] = (int32_t)(k >> (3 * FIELD_BITS));
+        c[1] = (int32_t)(((k >> (2 * FIELD_BITS)) & FIELD_MASK) - BIAS);
+        c[2] = (int32_t)(((k >> FIELD_BITS) & FIELD_MASK) - BIAS);
+        c[3] = (int32_t)((k & FIELD_MASK) - BIAS);
+    }
+    return 0;
+}
+
+/* 1 when keys[0:n] ascend (non-strictly), else 0: one read, no temporary. */
+int sc_is_sorted(const int64_t *keys, int64_t n) {
+    int64_t descents = 0;
+    for (int64_t i = 1; i < n; ++i) descents += keys[i] < keys[i - 1]; /* vectorised */
+    return descents == 0;
+}
+
+/* After sc_downsample_sorted: out_keys[0 : *n_out] = the distinct floored keys in ascending
+ * order, and out_row[i] = the output row input i falls in (one pass over the sorted order
+ * instead of torch's select, compare, cumulative sum and scatter). Returns 0. */
+int sc_downsample_outputs(const int64_t *floored, const int64_t *order, int64_t n,
+                          int64_t *out_keys, int64_t *out_row, int64_t *n_out) {
+    int64_t m = 0;
+    for (int64_t p = 0; p < n; ++p) {
+        const int64_t key = floored[order[p]];
+        if (m == 0 || key != out_keys[m - 1]) out_keys[m++] = key;
+        out_row[order[p]] = m - 1;
+    }
+    *n_out = m;
+    return 0;
+}

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from sparseconv.kernels import cpu_kernel_map
+
 BATCH_BITS = 15
 FIELD_BITS = 16
 COORD_MIN = -(1 << 14)
@@ -76,7 +78,10 @@ def check_coords(coords: torch.Tensor, name: str = "coords", values: bool = True
 
 
 def pack(coords: torch.Tensor) -> torch.Tensor:
-    """Pack int32 ``[N, 4]`` coordinates (already checked) into int64 keys ``[N]``."""
+    """Pack int32 ``[N, 4]`` coordinates (already checked) into int64 keys ``[N]`` (on CPU in
+    one C pass where the kernels are built)."""
+    if _native(coords, torch.int32) and coords.dim() == 2 and coords.shape[1] == 4:
+        return cpu_kernel_map.pack_keys(coords)
     c = coords.long()
     return (
         (c[:, 0] << _SHIFT_B)
@@ -88,12 +93,25 @@ def pack(coords: torch.Tensor) -> torch.Tensor:
 
 def unpack(keys: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`pack`: int64 keys ``[N]`` back to int32 ``[N, 4]`` coordinates."""
+    if _native(keys, torch.int64) and keys.dim() == 1:
+        return cpu_kernel_map.unpack_keys(keys.contiguous())
     out = torch.empty((keys.shape[0], 4), dtype=torch.int32, device=keys.device)
     out[:, 0] = keys >> _SHIFT_B
     out[:, 1] = ((keys >> _SHIFT_X) & _FIELD_MASK) - _BIAS
     out[:, 2] = ((keys >> FIELD_BITS) & _FIELD_MASK) - _BIAS
     out[:, 3] = (keys & _FIELD_MASK) - _BIAS
     return out
+
+
+def _native(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether the C packing applies: a CPU tensor of ``dtype`` outside torch.compile, with the
+    kernels built."""
+    return (
+        t.dtype == dtype
+        and t.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and cpu_kernel_map.available()
+    )
 
 
 def pack_offset(delta: tuple[int, int, int]) -> int:

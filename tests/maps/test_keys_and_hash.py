@@ -2,7 +2,7 @@ import pytest
 import torch
 from reference import TRITON_DEVICE, random_coords
 
-from sparseconv.maps import HashTable, keys
+from sparseconv.maps import HashTable, keys, tables
 
 
 def test_pack_roundtrip_and_offset_add_at_range_edges():
@@ -22,6 +22,22 @@ def test_pack_roundtrip_and_offset_add_at_range_edges():
         shifted[:, 1:] += torch.tensor(delta, dtype=torch.int32)
         # the shifted coordinate may leave the valid range, but its key is still exact
         assert torch.equal(k + keys.pack_offset(delta), keys.pack(shifted))
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 100_000])  # 100 k: the threaded C pass
+def test_c_packing_equals_the_torch_packing(n, monkeypatch):
+    gen = torch.Generator().manual_seed(n)
+    c = torch.randint(keys.COORD_MIN, keys.COORD_MAX + 1, (n, 4), generator=gen, dtype=torch.int32)
+    c[:, 0] = torch.randint(0, keys.BATCH_MAX + 1, (n,), generator=gen, dtype=torch.int32)
+    packed, unpacked = keys.pack(c), keys.unpack(keys.pack(c))
+    with monkeypatch.context() as patch:
+        patch.setattr(keys, "_native", lambda t, dtype: False)
+        assert torch.equal(packed, keys.pack(c))
+        assert torch.equal(unpacked, keys.unpack(packed))
+    assert torch.equal(unpacked, c)
+    ordered = packed.sort().values
+    assert tables.is_sorted(ordered) and tables.is_sorted(ordered[:1])
+    assert n < 3 or not tables.is_sorted(ordered.flip(0))
 
 
 def test_shift_preserves_key_order():
