@@ -48,11 +48,12 @@ def search_sorted(
     _check_keys(in_keys=in_keys, in_rows=in_rows, out_keys=out_keys, out_rows=out_rows,
                 shifts=shifts)  # fmt: skip
     _check_table(nbmap, out_keys.numel(), col0 + shifts.numel())
-    cpu_library.lib().sc_search_sorted(
+    if cpu_library.lib().sc_search_sorted(
         in_keys.data_ptr(), _ptr(in_rows), in_keys.numel(), out_keys.data_ptr(), _ptr(out_rows),
         out_keys.numel(), shifts.data_ptr(), shifts.numel(), nbmap.data_ptr(), nbmap.shape[1],
         col0, _threads(),
-    )  # fmt: skip
+    ):  # fmt: skip
+        raise MemoryError("search_sorted: out of memory")
 
 
 def hash_table(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
