@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,13 +76,15 @@ def _panel_major_weight(weight: torch.Tensor, panel: int) -> torch.Tensor:
 
 
 def _kept_layout(weight: torch.Tensor, pack: Callable[..., torch.Tensor], *params: object):
-    """``pack(weight, *params)``, kept on ``weight`` while it is unchanged.
+    """``pack(weight, *params)``, kept while ``weight`` lives and is unchanged.
 
     Inference calls every conv with the same weights, and repacking a 256-channel weight (7 MB)
     on every call was 6 % of a bf16 MinkUNet call. The packed copy is reused while the weight's
     storage, shape, strides and version counter (bumped by every in-place write) are the same.
-    Weights that autograd is tracking (training: they change every step) and views are packed
-    per call; so is anything under torch.compile or a tensor subclass."""
+    It is held beside the weight (:data:`_LAYOUTS`, dropped with it), not on it, so pickling
+    or copying a model does not carry it. Weights that autograd is tracking (training: they
+    change every step) and views are packed per call; so is anything under torch.compile or a
+    tensor subclass."""
     if (
         type(weight) not in (torch.Tensor, torch.nn.Parameter)
         or weight._base is not None
@@ -90,7 +93,7 @@ def _kept_layout(weight: torch.Tensor, pack: Callable[..., torch.Tensor], *param
     ):
         return pack(weight, *params)
     state = (weight.data_ptr(), weight.shape, weight.stride(), weight.dtype, weight._version)
-    kept = weight.__dict__.setdefault("_sparseconv_layouts", {})
+    kept = _layouts_of(weight)
     key = (pack.__name__, *params)
     hit = kept.get(key)
     if hit is not None and hit[0] == state:
@@ -98,6 +101,25 @@ def _kept_layout(weight: torch.Tensor, pack: Callable[..., torch.Tensor], *param
     packed = pack(weight, *params)
     kept[key] = (state, packed)
     return packed
+
+
+# id(weight) -> (a weak reference to it, {(layout, *params): (state, packed)}); an entry leaves
+# when its weight is freed
+_LAYOUTS: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _layouts_of(weight: torch.Tensor) -> dict:
+    entry = _LAYOUTS.get(id(weight))
+    if entry is None or entry[0]() is not weight:
+        ref = weakref.ref(weight, functools.partial(_forget, id(weight)))
+        entry = _LAYOUTS[id(weight)] = (ref, {})
+    return entry[1]
+
+
+def _forget(key: int, ref: weakref.ref) -> None:
+    entry = _LAYOUTS.get(key)
+    if entry is not None and entry[0] is ref:
+        del _LAYOUTS[key]
 
 
 def _check_inputs(dtypes: tuple[torch.dtype, ...] = (torch.float32,), **tensors) -> None:

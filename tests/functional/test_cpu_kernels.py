@@ -251,23 +251,32 @@ def test_submanifold_maps_keep_tile_lists_from_the_first_call_other_maps_from_th
 
 @needs_cpu_kernels
 def test_packed_weights_are_kept_while_the_weight_is_unchanged():
+    import copy
+    import gc
+
     nbmap = _random_nbmap(300, 100, 27, 0.3, seed=4)
     src = torch.randn(100, 8)
     weight = torch.nn.Parameter(torch.randn(27, 8, 24))
     with torch.no_grad():
         first = kernels.implicit_gemm(src, weight, nbmap)
-        kept = dict(weight.__dict__["_sparseconv_layouts"])
+        kept = dict(kernels._layouts_of(weight))
+        assert len(kept) == 1
         assert torch.equal(kernels.implicit_gemm(src, weight, nbmap), first)
-        assert weight.__dict__["_sparseconv_layouts"] == kept  # reused, not repacked
+        assert kernels._layouts_of(weight) == kept  # reused, not repacked
         weight.mul_(2)  # an in-place write (an optimiser step, pruning) bumps the version
         assert torch.equal(kernels.implicit_gemm(src, weight, nbmap), first * 2)
         weight.data = torch.randn(27, 8, 24)  # new storage
         expected = _forward_by_offsets(src, weight.data, nbmap)
         torch.testing.assert_close(kernels.implicit_gemm(src, weight, nbmap), expected)
+    assert not weight.__dict__  # nothing rides on the weight: copies and pickles stay lean
+    assert not kernels._layouts_of(copy.deepcopy(weight))
+    key = id(weight)
+    del weight
+    gc.collect()
+    assert key not in kernels._LAYOUTS  # dropped with its weight
     tracked = torch.randn(27, 8, 24, requires_grad=True)
-    kernels.implicit_gemm(src, tracked.detach(), nbmap)
     kernels.implicit_gemm(src, tracked, nbmap)  # autograd is tracking it: packed per call
-    assert "_sparseconv_layouts" not in tracked.__dict__
+    assert id(tracked) not in kernels._LAYOUTS
 
 
 def _forward_by_offsets(src, weight, nbmap):
