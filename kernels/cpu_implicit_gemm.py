@@ -139,11 +139,14 @@ class TilePlan:
     (and a transposed map their input gradients), so the lists are made once per map and tile
     size (``sc_tile_plan_fill``) and every later call reads them. Entries ``ptr[t * K + k] ..
     ptr[t * K + k + 1]`` of ``src`` / ``row`` are tile ``t``'s offset-``k`` neighbours: the
-    input row and the row within the tile. Checked against ``n_src`` input rows when made.
+    input row and the row within the tile. Checked against ``n_src`` input rows when made; a
+    kernel call takes it only for a table of the same ``n_dst`` rows and ``K`` offsets (its
+    tile rows must exist).
     """
 
     tile: int
     n_src: int
+    n_dst: int
     ptr: torch.Tensor  # int64 [n_tiles * K + 1]
     src: torch.Tensor  # int32 [pairs]
     row: torch.Tensor  # int32 [pairs]
@@ -175,7 +178,7 @@ def tile_plan(nbmap: torch.Tensor, tile: int, n_src: int) -> TilePlan:
     rc = lib.sc_tile_plan_fill(nbmap.data_ptr(), n_dst, k, n_src, tile, ptr.data_ptr(),
                                src.data_ptr(), row.data_ptr(), threads)  # fmt: skip
     _check(rc, "tile_plan")
-    return TilePlan(tile, n_src, ptr, src, row)
+    return TilePlan(tile, n_src, n_dst, ptr, src, row)
 
 
 def _plan_pointers(
@@ -187,11 +190,12 @@ def _plan_pointers(
     plan = planner(tile, n_src)
     if plan is None:
         return None, None, None
-    if plan.tile != tile or plan.n_src != n_src or plan.ptr.numel() != -(-n_dst // tile) * k + 1:
+    made_for = (plan.tile, plan.n_src, plan.n_dst, plan.ptr.numel())
+    if made_for != (tile, n_src, n_dst, -(-n_dst // tile) * k + 1):
         raise ValueError(
-            f"the tile plan (tile {plan.tile}, {plan.n_src} input rows, {plan.ptr.numel()} list "
-            f"bounds) was not made for this call (tile {tile}, {n_src} input rows, "
-            f"{n_dst} x {k} neighbour table)"
+            f"the tile plan (tile {plan.tile}, {plan.n_src} input rows, {plan.n_dst} output rows, "
+            f"{plan.ptr.numel()} list bounds) was not made for this call (tile {tile}, {n_src} "
+            f"input rows, {n_dst} x {k} neighbour table)"
         )
     return plan.pointers()
 

@@ -211,7 +211,7 @@ def test_tile_plans_hold_every_neighbour_once(n_dst, k, tile, monkeypatch):
 
 
 @needs_cpu_kernels
-def test_tile_plans_refuse_bad_rows_and_plans_made_for_another_call():
+def test_tile_plans_refuse_bad_rows_and_plans_made_for_another_call(monkeypatch):
     nbmap = _random_nbmap(200, 100, 27, 0.3, seed=1)
     with pytest.raises(IndexError, match="outside the feature matrix"):
         kernels.tile_plan(nbmap, 64, 50)  # rows up to 99 named
@@ -221,6 +221,11 @@ def test_tile_plans_refuse_bad_rows_and_plans_made_for_another_call():
     other = kernels.tile_plan(nbmap, 7, 100)
     with pytest.raises(ValueError, match="was not made for this call"):
         kernels.implicit_gemm(src, w, nbmap, planner=lambda t, n: other)
+    # as many tiles, fewer rows: its tile rows past the table's end would be written
+    monkeypatch.setattr(kernels, "_tile_rows", lambda ldw, n, threads: 256)
+    longer = kernels.tile_plan(_random_nbmap(210, 100, 27, 0.3, seed=2), 256, 100)
+    with pytest.raises(ValueError, match="was not made for this call"):
+        kernels.implicit_gemm(src, w, nbmap, planner=lambda t, n: longer)
     empty = kernels.tile_plan(nbmap[:0], 64, 100)
     assert empty.ptr.tolist() == [0] and empty.src.numel() == 0
 
