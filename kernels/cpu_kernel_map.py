@@ -56,6 +56,24 @@ def search_sorted(
         raise MemoryError("search_sorted: out of memory")
 
 
+def search_sorted_mirrored(
+    keys: torch.Tensor, rows: torch.Tensor | None, shifts: torch.Tensor, nbmap: torch.Tensor
+) -> None:
+    """The whole submanifold table ``nbmap [N, 2 * len(shifts) + 1]`` of a symmetric kernel from
+    the first half of its shifts: :func:`search_sorted` of ``keys`` against themselves, and each
+    hit also written as its mirror (what :func:`mirror` does after a half search, in the same
+    pass). ``keys`` sorted ascending, ``rows`` the row of each sorted position (None: identity)."""
+    _check_keys(keys=keys, rows=rows, shifts=shifts)
+    _check_table(nbmap, keys.numel(), 2 * shifts.numel() + 1)
+    if nbmap.shape[1] != 2 * shifts.numel() + 1:
+        raise ValueError(f"nbmap {list(nbmap.shape)} must have 2 * {shifts.numel()} + 1 columns")
+    if cpu_library.lib().sc_search_sorted_mirrored(
+        keys.data_ptr(), _ptr(rows), keys.numel(), shifts.data_ptr(), shifts.numel(),
+        nbmap.data_ptr(), _threads(),
+    ):  # fmt: skip
+        raise MemoryError("search_sorted_mirrored: out of memory")
+
+
 def hash_table(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Open-addressing table of ``keys`` (load factor <= 1/4): ``(slot keys, slot rows)``."""
     _check_keys(keys=keys)

@@ -48,6 +48,7 @@ SIGNATURES = {
     "sc_weight_grad": [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR,
                        _I64, _INT],
     "sc_search_sorted": [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _INT],
+    "sc_search_sorted_mirrored": [_PTR, _PTR, _I64, _PTR, _I64, _PTR, _INT],
     "sc_hash_build": [_PTR, _I64, _PTR, _PTR, _I64, _INT],
     "sc_search_hash": [_PTR, _PTR, _I64, _PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _INT],
     "sc_mirror": [_PTR, _I64, _I64, _INT],

@@ -44,10 +44,15 @@ static inline int64_t lower_bound(const int64_t *keys, int64_t n, int64_t target
  * on from there (a 3x3x3 half kernel: 5 merged streams instead of 13). */
 #define COLUMN_SPAN (1LL << 16) /* shifts closer than this share a column (same dx, dy) */
 
-int sc_search_sorted(const int64_t *in_keys, const int64_t *in_rows, int64_t n_in,
-                     const int64_t *out_keys, const int64_t *out_rows, int64_t n_out,
-                     const int64_t *shifts, int64_t n_shift, int32_t *nbmap, int64_t ld,
-                     int64_t col0, int n_threads) {
+/* With mirror (a submanifold table of a symmetric kernel: in == out, ld == K == 2 * n_shift +
+ * 1, col0 == 0) the search also completes the table: offset K-1-k is the negation of offset k,
+ * so a hit i for row j at k is row i's neighbour j at K-1-k, written as it is found (each such
+ * entry has exactly one writer), and the centre is the identity. One pass instead of a search
+ * and a second pass over the half table (sc_mirror). */
+static int search_sorted(const int64_t *in_keys, const int64_t *in_rows, int64_t n_in,
+                         const int64_t *out_keys, const int64_t *out_rows, int64_t n_out,
+                         const int64_t *shifts, int64_t n_shift, int32_t *nbmap, int64_t ld,
+                         int64_t col0, int mirror, int n_threads) {
     const int64_t n_chunks = (n_out + CHUNK - 1) / CHUNK;
     /* columns: shifts [first[g], first[g + 1]) ascend by less than COLUMN_SPAN each */
     int64_t *first = malloc(sizeof(int64_t) * (n_shift + 1));
@@ -57,30 +62,60 @@ int sc_search_sorted(const int64_t *in_keys, const int64_t *in_rows, int64_t n_i
         if (k == 0 || shifts[k] <= shifts[k - 1] || shifts[k] - shifts[k - 1] >= COLUMN_SPAN)
             first[n_groups++] = k;
     first[n_groups] = n_shift;
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
-    for (int64_t c = 0; c < n_chunks; ++c) {
-        const int64_t lo = c * CHUNK, hi = lo + CHUNK < n_out ? lo + CHUNK : n_out;
-        for (int64_t g = 0; g < n_groups; ++g) {
-            const int64_t k0 = first[g], k1 = first[g + 1];
-            int64_t p = lower_bound(in_keys, n_in, out_keys[lo] + shifts[k0]);
-            for (int64_t j = lo; j < hi; ++j) {
-                const int64_t key = out_keys[j];
-                while (p < n_in && in_keys[p] < key + shifts[k0]) ++p;
-                int32_t *row = nbmap + (out_rows ? out_rows[j] : j) * ld + col0;
-                int64_t q = p;
-                for (int64_t k = k0; k < k1; ++k) {
-                    const int64_t target = key + shifts[k];
-                    while (q < n_in && in_keys[q] < target) ++q;
-                    int32_t hit = -1;
-                    if (q < n_in && in_keys[q] == target)
-                        hit = (int32_t)(in_rows ? in_rows[q] : q);
-                    row[k] = hit;
+#pragma omp parallel num_threads(n_threads)
+    {
+        if (mirror) { /* the mirrored half is written by whichever chunk finds its entries */
+#pragma omp for schedule(static)
+            for (int64_t j = 0; j < n_out; ++j) {
+                int32_t *row = nbmap + j * ld;
+                for (int64_t k = n_shift + 1; k < ld; ++k) row[k] = -1;
+                row[n_shift] = (int32_t)j;
+            }
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t c = 0; c < n_chunks; ++c) {
+            const int64_t lo = c * CHUNK, hi = lo + CHUNK < n_out ? lo + CHUNK : n_out;
+            for (int64_t g = 0; g < n_groups; ++g) {
+                const int64_t k0 = first[g], k1 = first[g + 1];
+                int64_t p = lower_bound(in_keys, n_in, out_keys[lo] + shifts[k0]);
+                for (int64_t j = lo; j < hi; ++j) {
+                    const int64_t key = out_keys[j];
+                    while (p < n_in && in_keys[p] < key + shifts[k0]) ++p;
+                    const int64_t r = out_rows ? out_rows[j] : j;
+                    int32_t *row = nbmap + r * ld + col0;
+                    int64_t q = p;
+                    for (int64_t k = k0; k < k1; ++k) {
+                        const int64_t target = key + shifts[k];
+                        while (q < n_in && in_keys[q] < target) ++q;
+                        int32_t hit = -1;
+                        if (q < n_in && in_keys[q] == target)
+                            hit = (int32_t)(in_rows ? in_rows[q] : q);
+                        row[k] = hit;
+                        if (mirror && hit >= 0) nbmap[hit * ld + (ld - 1 - k)] = (int32_t)r;
+                    }
                 }
             }
         }
     }
     free(first);
     return 0;
+}
+
+int sc_search_sorted(const int64_t *in_keys, const int64_t *in_rows, int64_t n_in,
+                     const int64_t *out_keys, const int64_t *out_rows, int64_t n_out,
+                     const int64_t *shifts, int64_t n_shift, int32_t *nbmap, int64_t ld,
+                     int64_t col0, int n_threads) {
+    return search_sorted(in_keys, in_rows, n_in, out_keys, out_rows, n_out, shifts, n_shift,
+                         nbmap, ld, col0, 0, n_threads);
+}
+
+/* The whole submanifold table of a symmetric kernel of K = 2 * n_shift + 1 offsets from the
+ * first n_shift shifts (keys sorted; rows: the row of each sorted position or NULL). */
+int sc_search_sorted_mirrored(const int64_t *keys, const int64_t *rows, int64_t n,
+                              const int64_t *shifts, int64_t n_shift, int32_t *nbmap,
+                              int n_threads) {
+    return search_sorted(keys, rows, n, keys, rows, n, shifts, n_shift, nbmap, 2 * n_shift + 1,
+                         0, 1, n_threads);
 }
 
 static inline uint64_t mix(uint64_t k) { /* splitmix64 finaliser */

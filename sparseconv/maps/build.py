@@ -302,8 +302,7 @@ def _native_map(
     packed = [coord_keys.pack_offset(tuple(v)) for v in shifts.tolist()]
     if symmetric:
         if n_out:
-            tables.search(in_keys, in_keys, packed[: volume // 2], method, nbmap)
-            cpu_kernel_map.mirror(nbmap)
+            tables.search_submanifold(in_keys, packed[: volume // 2], method, nbmap)
         return KernelMap.from_nbmap(nbmap, coords, coords.shape[0], offsets, submanifold=True)
     if out_keys is None:
         out_keys = in_keys if out_coords is coords else coord_keys.pack(out_coords)

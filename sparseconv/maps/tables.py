@@ -71,6 +71,21 @@ def search(
     cpu_kernel_map.search_sorted(sorted_in, in_rows, sorted_out, out_rows, packed, nbmap, col0)
 
 
+def search_submanifold(
+    keys: torch.Tensor, half_shifts: list[int], method: str, nbmap: torch.Tensor
+) -> None:
+    """The whole table ``nbmap [N, 2 * len(half_shifts) + 1]`` of a symmetric submanifold kernel
+    from the first half of its shifts (the rest are their negations): merge-sort searches and
+    mirrors in one pass, hash searches the half and mirrors it after."""
+    if method == "hash":
+        search(keys, keys, half_shifts, method, nbmap)
+        cpu_kernel_map.mirror(nbmap)
+        return
+    sorted_keys, rows = _sorted(keys)
+    packed = torch.tensor(half_shifts, dtype=torch.int64)
+    cpu_kernel_map.search_sorted_mirrored(sorted_keys, rows, packed, nbmap)
+
+
 def check_unique(keys: torch.Tensor) -> None:
     """ValueError when a key occurs twice: one compare pass for ascending keys (what
     ``voxelize`` gives), else the C hash table's insert (CPU only)."""
