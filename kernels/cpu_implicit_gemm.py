@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from sparseconv.kernels import cpu_library
+from sparseconv.utils.stamps import stamp
 from sparseconv.utils.threads import available_threads
 
 PANEL = 16  # the register kernel's column block: weights are padded to a multiple of it
@@ -92,7 +93,7 @@ def _kept_layout(weight: torch.Tensor, pack: Callable[..., torch.Tensor], *param
         or torch.compiler.is_compiling()
     ):
         return pack(weight, *params)
-    state = (weight.data_ptr(), weight.shape, weight.stride(), weight.dtype, weight._version)
+    state = stamp(weight)
     kept = _layouts_of(weight)
     key = (pack.__name__, *params)
     hit = kept.get(key)

@@ -75,8 +75,9 @@ def _tile_planner(kmap: KernelMap) -> kernels.TilePlanner:
     """The kernels' tile lists of ``kmap.nbmap``, kept in ``kmap.plans`` per tile size.
 
     Making them costs about 1.3 listings of the tiles, and a call that reads them saves about
-    half of an 8-16-channel layer. A submanifold map serves every conv of its stage, so it gets
-    them on first use; any other map (strided, transposed, offset subsets) usually serves one
+    half of an 8-16-channel layer. A submanifold map (a stage's, or the searched map of a
+    mirror-symmetric offset subset) serves the convs that share it, so it gets them on first
+    use; any other map (strided, transposed, a subset cut from a full map) usually serves one
     call, so it gets them when a second call on the same tile size comes."""
 
     def planner(tile: int, n_src: int) -> kernels.TilePlan | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from sparseconv.kernels import cpu_kernel_map
+from sparseconv.maps import tables
 
 BATCH_BITS = 15
 FIELD_BITS = 16
@@ -104,14 +105,10 @@ def unpack(keys: torch.Tensor) -> torch.Tensor:
 
 
 def _native(t: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether the C packing applies: a CPU tensor of ``dtype`` outside torch.compile, with the
-    kernels built."""
-    return (
-        t.dtype == dtype
-        and t.device.type == "cpu"
-        and not torch.compiler.is_compiling()
-        and cpu_kernel_map.available()
-    )
+    """Whether the C packing applies: a tensor of ``dtype`` where the C mapper builds maps
+    (:func:`sparseconv.maps.tables.native`), outside torch.compile (asked first: the library
+    check takes a lock, which a compiled graph cannot trace)."""
+    return t.dtype == dtype and not torch.compiler.is_compiling() and tables.native(t.device)
 
 
 def pack_offset(delta: tuple[int, int, int]) -> int:

@@ -12,6 +12,7 @@ from torch import nn
 from sparseconv.functional.epilogue import Epilogue
 from sparseconv.nn.conv import Conv3d
 from sparseconv.tensor import SparseTensor
+from sparseconv.utils.stamps import stamp
 
 
 class _OnFeatures:
@@ -53,10 +54,7 @@ class BatchNorm(_OnFeatures, nn.BatchNorm1d):
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._fold()
         tensors = (self.running_var, self.running_mean, self.weight, self.bias)
-        state = (
-            self.eps,
-            *((t.data_ptr(), t._version) if t is not None else None for t in tensors),
-        )
+        state = (self.eps, *(None if t is None else stamp(t) for t in tensors))
         kept = getattr(self, "_folded_state", None)
         if kept is None or kept[0] != state:
             kept = self._folded_state = (state, self._fold())

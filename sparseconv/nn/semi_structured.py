@@ -21,6 +21,7 @@ from sparseconv.functional import semi_structured
 from sparseconv.functional.conv import semi_structured_conv3d
 from sparseconv.nn.conv import Conv3d
 from sparseconv.tensor import SparseTensor
+from sparseconv.utils.stamps import stamp
 
 Packer = Callable[[torch.Tensor], list[torch.Tensor]]
 
@@ -52,7 +53,7 @@ class SemiStructuredConv3d(Conv3d):
         without changing it; then the weight is compared with the one packed, not re-packed.
         """
         w = self.weight.detach()
-        signature = (w.device, w.dtype, w.data_ptr(), w._version)
+        signature = stamp(w)
         if self._packed is not None and self._packed[0] != signature:
             source = self._packed[2]
             if source.shape == w.shape and source.device == w.device and torch.equal(source, w):

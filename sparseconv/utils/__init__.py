@@ -2,5 +2,5 @@
 
 ``timing`` (interleaved timing, used by ``prune.accelerate_nm`` and by ``bench``), ``precision``
 (the accumulation dtype every dataflow uses), ``optional`` (imports of optional dependencies
-with the install line in the error).
+with the install line in the error), ``stamps`` (when data kept from a tensor is stale).
 """
