@@ -230,15 +230,21 @@ def implicit_gemm(
     if n_dst == 0 or cout == 0:  # nothing to compute (and no panel to tile)
         return dst
     ldw = _panel_width(cout, panel)
-    threads = available_threads()
-    tile = _tile_rows(ldw, n_dst, threads)
-    plan = _plan_pointers(planner, tile, src.shape[0], n_dst, k)
+    threads, tile, plan = _schedule(planner, ldw, src.shape[0], n_dst, k)
     rc = cpu_library.lib().sc_implicit_gemm(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), ldw, cout, nbmap.data_ptr(),
         n_dst, k, dst.data_ptr(), tile, *plan, panel, *_pointers(terms), int(relu), threads,
     )  # fmt: skip
     _check(rc, "implicit_gemm")
     return dst
+
+
+def _schedule(planner: TilePlanner | None, ldw: int, n_src: int, n_dst: int, k: int):
+    """A kernel call's ``(threads, tile rows, plan pointers)``: the same tile rule and plan
+    lookup for the fp32 and the AMX kernel."""
+    threads = available_threads()
+    tile = _tile_rows(ldw, n_dst, threads)
+    return threads, tile, _plan_pointers(planner, tile, n_src, n_dst, k)
 
 
 def _tile_rows(ldw: int, n_dst: int, threads: int) -> int:
@@ -331,9 +337,7 @@ def implicit_gemm_bf16(
         return dst
     w = _kept_layout(weight, _vnni_weight)
     cin_p, ldw = _panel_width(cin, AMX_CHUNK), _panel_width(cout, AMX_PANEL)
-    threads = available_threads()
-    tile = _tile_rows(ldw, n_dst, threads)
-    plan = _plan_pointers(planner, tile, src.shape[0], n_dst, k)
+    threads, tile, plan = _schedule(planner, ldw, src.shape[0], n_dst, k)
     rc = cpu_library.lib().sc_implicit_gemm_bf16(
         src.data_ptr(), src.shape[0], cin, w.data_ptr(), cin_p, ldw, cout, nbmap.data_ptr(),
         n_dst, k, dst.data_ptr(), tile, *plan, *_pointers(terms), int(relu),
