@@ -183,6 +183,34 @@ def downsample(
     return out_keys[: int(n_out)].clone(), out_row, floored
 
 
+def select_cells(
+    keys: torch.Tensor,
+    block_of: torch.Tensor,
+    block_keys: torch.Tensor,
+    cell: tuple[int, int, int],
+    scores: torch.Tensor,
+    keep_ratio: float | None,
+    threshold: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell-granular voxel pruning's pick: ``(rows, source)`` (see ``sc_select_cells``;
+    ``keep_ratio=None`` keeps the cells scoring ``>= threshold``)."""
+    _check_keys(keys=keys, block_of=block_of, block_keys=block_keys)
+    scores = scores.detach().float().contiguous()
+    n = keys.numel()
+    if scores.numel() != n or block_of.numel() != n or scores.is_cuda:
+        raise ValueError("select_cells: one score and one block per row (CPU)")
+    rows, source = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
+    n_kept = torch.zeros(1, dtype=torch.int64)
+    ratio = -1.0 if keep_ratio is None else float(keep_ratio)
+    if cpu_library.lib().sc_select_cells(
+        keys.data_ptr(), block_of.data_ptr(), block_keys.data_ptr(), n, block_keys.numel(),
+        *cell, scores.data_ptr(), ratio, float(threshold or 0.0), rows.data_ptr(),
+        n_kept.data_ptr(), source.data_ptr(),
+    ):  # fmt: skip
+        raise MemoryError("select_cells: out of memory")
+    return rows[: int(n_kept)], source
+
+
 def pack_keys(coords: torch.Tensor) -> torch.Tensor:
     """:func:`sparseconv.maps.keys.pack` in one pass (int32 ``[N, 4]`` checked coordinates)."""
     if coords.dtype != torch.int32 or coords.is_cuda or coords.dim() != 2 or coords.shape[1] != 4:

@@ -32,7 +32,7 @@ def _flags() -> list[str]:
     return [*FLAGS, *os.environ.get("SPARSECONV_CFLAGS", "").split()]
 
 
-_I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+_I64, _PTR, _INT, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
 # argument types of every exported function (all return an int status)
 SIGNATURES = {
     "sc_implicit_gemm": [_PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I64, _PTR,
@@ -60,6 +60,8 @@ SIGNATURES = {
     "sc_pack_keys": [_PTR, _I64, _PTR, _INT],
     "sc_is_sorted": [_PTR, _I64],
     "sc_unpack_keys": [_PTR, _I64, _PTR, _INT],
+    "sc_select_cells": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _F64, _F64, _PTR,
+                        _PTR, _PTR],
     "sc_scatter_cells": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I64,
                          _INT],
 }  # fmt: skip

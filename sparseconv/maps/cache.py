@@ -35,6 +35,9 @@ class MapCache:
     # under torch.compile / export (sparseconv.functional.traced): maps as plain tensors
     traced_maps: dict[MapKey, tuple] = field(default_factory=dict)
     traced_coords: dict[Triple, tuple] = field(default_factory=dict)
+    # set by a cell-granular VoxelPrune on the cache it starts: which rows of which full set
+    # this one keeps (sparseconv.nn.voxel_prune.PrunedSubset), so scatter_to can go back
+    pruned_from: object | None = None
 
     def register(self, tensor_stride: Triple, coords: torch.Tensor, rule: tuple) -> torch.Tensor:
         """The coordinate set to use at ``tensor_stride`` for outputs ``coords`` made by ``rule``.

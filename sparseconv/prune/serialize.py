@@ -137,7 +137,8 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         }
     model = model if model is not None else _build(meta)
     for name, settings in meta.get("voxel_prune", {}).items():  # before resizing its scorer
-        voxel_prune(model, layers=[name], inplace=True, **settings)
+        # files saved before cell granularity existed pruned single voxels
+        voxel_prune(model, layers=[name], inplace=True, **{"granularity": "voxel", **settings})
     _resize(model, meta["shapes"])
     modules = dict(model.named_modules())
     for name, kind in meta["masks"].items():

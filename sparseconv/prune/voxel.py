@@ -1,12 +1,16 @@
 """Voxel pruning of a network: a :class:`sparseconv.nn.VoxelPrune` in front of chosen convs.
 
-``voxel_prune(model, keep_ratio=0.7)`` gives the first strided (downsampling) conv a
-``VoxelPrune`` child that filters its input (a forward pre-hook), so the conv and every layer
-after it work on fewer voxels; the conv's own parameters and state_dict keys do not change.
-``layers=`` picks the convs by name (several compound). Stride-1 convs can be chosen too: then the maps at that
-stride are rebuilt on the kept voxels. A model whose decoder concatenates skips must put the
-upsampled tensor back on the skip's voxels (:func:`sparseconv.nn.scatter_to`, which sparseconv's
-models do).
+``voxel_prune(model, keep_ratio=0.7)`` gives every strided (downsampling) conv a ``VoxelPrune``
+child that filters its input (a forward pre-hook) by whole output cells of that conv, so every
+coarser stride holds about ``keep_ratio`` of the cells it would have, with a kept cell in every
+block of two cells' size (the decoder fills the dropped ones from it); the conv's own
+parameters and state_dict keys do not change. ``granularity="voxel"`` drops single voxels
+instead, by default before the first strided conv only (voxel-level pruning before every
+strided conv compounds: 0.7 four times leaves a quarter at stride 16). ``layers=`` picks the
+convs by name. Stride-1 convs can be chosen at voxel granularity: then the maps at that stride
+are rebuilt on the kept voxels. A model whose decoder concatenates skips must put the upsampled
+tensor back on the skip's voxels (:func:`sparseconv.nn.scatter_to`, which sparseconv's models
+do).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sparseconv import nn as snn
 from sparseconv.nn.voxel_prune import VoxelPrune
 
 _CHILD = "voxel_prune"
+GRANULARITIES = ("cell", "voxel")
 
 
 def voxel_prune(
@@ -29,15 +34,17 @@ def voxel_prune(
     score: str = "magnitude",
     layers: Iterable[str] | None = None,
     inplace: bool = False,
+    granularity: str = "cell",
 ) -> nn.Module:
     """A copy of ``model`` (or ``model`` with ``inplace``) whose chosen convs see only the kept
-    voxels of their input. Default: the first strided, non-transposed Conv3d, so that every
-    coarser stride holds about ``keep_ratio`` of its voxels (pruning before every strided conv
-    compounds: 0.7 four times leaves a quarter at stride 16)."""
+    voxels of their input. Default layers: every strided, non-transposed Conv3d for cells, the
+    first one for voxels."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     convs = {n: m for n, m in model.named_modules() if isinstance(m, snn.Conv3d)}
     if layers is None:
         strided = [n for n, m in convs.items() if m.stride != (1, 1, 1) and not m.transposed]
-        chosen = strided[:1]
+        chosen = strided if granularity == "cell" else strided[:1]
     else:
         chosen = list(layers)
         unknown = [n for n in chosen if n not in convs or convs[n].transposed]
@@ -47,11 +54,27 @@ def voxel_prune(
             )
     if not chosen:
         raise ValueError("the model has no strided Conv3d to prune voxels before (give layers=)")
+    if granularity == "cell":
+        flat = [n for n in chosen if convs[n].stride == (1, 1, 1)]
+        if flat:
+            raise ValueError(
+                f"layers {flat} are submanifold (stride 1): cells need a strided conv; "
+                "use granularity='voxel'"
+            )
     already = [n for n in chosen if hasattr(convs[n], _CHILD)]
     if already:
         raise ValueError(f"layers {already} prune voxels already")
     # built (and so checked) before the model is touched: a refused call changes nothing
-    pruners = {n: VoxelPrune(keep_ratio, threshold, score, convs[n].in_channels) for n in chosen}
+    pruners = {
+        n: VoxelPrune(
+            keep_ratio,
+            threshold,
+            score,
+            convs[n].in_channels,
+            cell=convs[n].stride if granularity == "cell" else None,
+        )  # fmt: skip
+        for n in chosen
+    }
     if not inplace:
         model = copy.deepcopy(model)
     modules = dict(model.named_modules())
@@ -66,7 +89,12 @@ def voxel_pruners(model: nn.Module) -> dict[str, dict]:
     """``conv name -> voxel_prune settings`` of every voxel-pruning conv (what ``prune.save``
     records, so that ``prune.load`` puts the same pruning layers back)."""
     return {
-        name: {"keep_ratio": p.keep_ratio, "threshold": p.threshold, "score": p.score_kind}
+        name: {
+            "keep_ratio": p.keep_ratio,
+            "threshold": p.threshold,
+            "score": p.score_kind,
+            "granularity": "voxel" if p.cell is None else "cell",
+        }  # fmt: skip
         for name, m in model.named_modules()
         if isinstance(m, snn.Conv3d) and isinstance(p := getattr(m, _CHILD, None), VoxelPrune)
     }

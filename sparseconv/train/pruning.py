@@ -37,7 +37,8 @@ class PruneSpec:
     keep_ends: bool = False  # nm: first and last prunable layers stay dense
     sparsity: float = 0.5  # fine-grained
     pattern: str | None = None  # offset: a fixed pattern (cross, shell19) instead of a ratio
-    keep: float = 0.7  # voxel: fraction of voxels kept before every strided conv
+    keep: float = 0.7  # voxel: fraction of cells every strided conv keeps
+    granularity: str = "cell"  # voxel: whole output cells, or single voxels ("voxel")
     parts: list = field(default_factory=list)  # combined: specs applied in order
     label: str = field(default="")
 
@@ -55,7 +56,8 @@ class PruneSpec:
                 "offset": f"offset {self.pattern}"
                 if self.pattern
                 else f"offset {self.importance} {self.ratio:.2g}",
-                "voxel": f"voxel keep {self.keep:g}",
+                "voxel": f"voxel keep {self.keep:g}"
+                + (" single voxels" if self.granularity == "voxel" else ""),
                 "combined": " + ".join(p.label for p in self.parts),
             }[self.method]
 
@@ -104,7 +106,7 @@ def apply(spec: PruneSpec, model: nn.Module, example) -> tuple[nn.Module, dict]:
                                            pattern=spec.pattern, inplace=True)  # fmt: skip
         info["pair_ratio"] = report.pair_ratio
     elif spec.method == "voxel":
-        model = prune.voxel_prune(model, spec.keep, inplace=True)
+        model = prune.voxel_prune(model, spec.keep, inplace=True, granularity=spec.granularity)
         counts = prune.voxel_counts(model, example)
         info["voxels_kept"] = sum(k for _, k in counts.values()) / max(
             1, sum(n for n, _ in counts.values())
@@ -152,8 +154,9 @@ def first_batch(dataset: datasets.ScanDataset, device: torch.device) -> datasets
 def parse_spec(text: str) -> PruneSpec:
     """``dense``, ``channel:<importance>:<ratio>[:<round_to>]``, ``nm:<n>:<m>[:ends]``,
     ``fine:<importance>:<sparsity>``, ``offset:<importance>:<ratio>`` or
-    ``offset:pattern:<cross|shell19>``, ``voxel:<keep>`` (the fraction of voxels each strided
-    conv keeps), and ``+`` between specs to apply several in order
+    ``offset:pattern:<cross|shell19>``, ``voxel:<keep>[:voxel]`` (the fraction of its output
+    cells each strided conv keeps; ``:voxel``: of single voxels, before the first strided conv
+    only), and ``+`` between specs to apply several in order
     (``ends``: first and last layers stay dense; ``round_to``: kept widths are multiples of
     it, e.g. 8 for whole SIMD vectors of float32)."""
     if "+" in text:
@@ -163,11 +166,11 @@ def parse_spec(text: str) -> PruneSpec:
         return PruneSpec("combined", parts=parts)
     parts = text.split(":")
     try:
-        if parts[0] == "voxel" and len(parts) == 2:
+        if parts[0] == "voxel" and (len(parts) == 2 or (len(parts) == 3 and parts[2] == "voxel")):
             keep = float(parts[1])
             if not 0 < keep <= 1:
                 raise ValueError
-            return PruneSpec("voxel", keep=keep)
+            return PruneSpec("voxel", keep=keep, granularity="voxel" if len(parts) == 3 else "cell")
         if parts[0] == "offset" and len(parts) == 3:
             if parts[1] == "pattern":
                 return PruneSpec("offset", pattern=parts[2])
@@ -191,5 +194,5 @@ def parse_spec(text: str) -> PruneSpec:
     raise ValueError(
         f"bad variant {text!r}: use dense, channel:<importance>:<ratio>[:<round_to>], "
         "nm:<n>:<m>[:ends], fine:<importance>:<sparsity>, offset:<importance>:<ratio>, "
-        "offset:pattern:<cross|shell19>, voxel:<keep>, or several joined by +"
+        "offset:pattern:<cross|shell19>, voxel:<keep>[:voxel], or several joined by +"
     )

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import sparseconv as sc
+from sparseconv.kernels import cpu_kernel_map
 
 
 def _points(n=5000, seed=0):
@@ -36,10 +37,10 @@ def test_half_the_voxels_shrink_the_later_maps_and_every_point_is_labelled():
     net = sc.models.MinkUNet(4, 5, width=0.25).eval()
     x, p2v, _ = _points()
     every_stage = [f"down.{i}.0.0" for i in range(4)]
-    pruned = sc.prune.voxel_prune(net, keep_ratio=0.5, layers=every_stage)
+    pruned = sc.prune.voxel_prune(net, keep_ratio=0.5, layers=every_stage, granularity="voxel")
     counts = sc.prune.voxel_counts(pruned, _fresh(x))
     assert sorted(counts) == every_stage
-    once = sc.prune.voxel_prune(net, 0.5)
+    once = sc.prune.voxel_prune(net, 0.5, granularity="voxel")
     assert list(sc.prune.voxel_counts(once, _fresh(x))) == ["down.0.0.0"]
     dense, thin = sc.prune.stride_counts(net, _fresh(x)), sc.prune.stride_counts(once, _fresh(x))
     assert dense["1x1x1"] == thin["1x1x1"] == len(x.coords)
@@ -54,6 +55,107 @@ def test_half_the_voxels_shrink_the_later_maps_and_every_point_is_labelled():
     assert logits.shape == (len(x.coords), 5) and torch.isfinite(logits).all()
     per_point = sc.devoxelize(sc.SparseTensor(logits, x.coords), p2v)
     assert per_point.shape[0] == p2v.shape[0] and (per_point.abs().sum(1) > 0).all()
+
+
+def test_cells_halve_every_coarser_stride_and_every_voxel_gets_decoder_features():
+    """The default: whole output cells of every strided conv, so each stride >= 2 holds half
+    its cells (here every block has several), and the decoder output reaches every voxel."""
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25).eval()
+    x, p2v, _ = _points()
+    pruned = sc.prune.voxel_prune(net, keep_ratio=0.5)
+    assert list(sc.prune.voxel_counts(pruned, _fresh(x))) == [f"down.{i}.0.0" for i in range(4)]
+    dense, thin = sc.prune.stride_counts(net, _fresh(x)), sc.prune.stride_counts(pruned, _fresh(x))
+    assert thin["1x1x1"] == len(x.coords)
+    for stride in ("2x2x2", "4x4x4", "8x8x8", "16x16x16"):
+        assert thin[stride] <= 0.7 * dense[stride], (stride, thin, dense)
+    with torch.no_grad():
+        logits = pruned(_fresh(x))
+    assert logits.shape == (len(x.coords), 5) and torch.isfinite(logits).all()
+    per_point = sc.devoxelize(sc.SparseTensor(logits, x.coords), p2v)
+    assert per_point.shape[0] == p2v.shape[0] and (per_point.abs().sum(1) > 0).all()
+
+
+def _line_of_cells():
+    """One scan, x = 0..7 at y = z = 0: cells of 2 along x are {0,1} {2,3} {4,5} {6,7}, blocks
+    of 4 are {0..3} {4..7}; scores rank the cells 3 > 2 > 1 > 0 by their best voxel."""
+    coords = torch.tensor([[0, i, 0, 0] for i in range(8)], dtype=torch.int32)
+    scores = torch.tensor([0.1, 0.4, 0.2, 0.3, 0.9, 0.5, 0.6, 1.0])
+    return sc.SparseTensor(scores[:, None], coords), scores
+
+
+def test_cells_known_answer_best_cell_per_block_then_the_best_others():
+    x, scores = _line_of_cells()
+    pruner = sc.nn.VoxelPrune(keep_ratio=0.5, cell=(2, 2, 2))
+    rows, source = pruner.kept_cells(x, scores)
+    # the best cell of block {0..3} is {0,1} (0.4 > 0.3), of block {4..7} {6,7} (1.0 > 0.9):
+    # that spends the budget ceil(0.5 * 4) = 2
+    assert rows.tolist() == [0, 1, 6, 7]
+    # dropped cells take the first kept row of the nearest kept cell of their block
+    assert source.tolist() == [0, 1, 0, 0, 2, 2, 2, 3]
+    kept = pruner(x)
+    assert kept.feats[:, 0].tolist() == scores[[0, 1, 6, 7]].tolist()
+    back = sc.nn.scatter_to(kept, x)
+    assert back.coords is x.coords
+    assert back.feats[:, 0].tolist() == scores[[0, 1, 0, 0, 6, 6, 6, 7]].tolist()
+    wide = sc.nn.VoxelPrune(keep_ratio=0.75, cell=(2, 2, 2)).kept_cells(x, scores)[0]
+    assert wide.tolist() == [0, 1, 4, 5, 6, 7]  # ceil(3): the next best cell is {4,5} (0.9)
+    low = sc.nn.VoxelPrune(threshold=0.95, cell=(2, 2, 2)).kept_cells(x, scores)[0]
+    assert low.tolist() == [0, 1, 6, 7]  # below the threshold, but every block keeps its best
+
+
+def _random_scans(seed: int, scans: int, stride: int = 1, extent: float = 2.0):
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(50, 2500, (1,), generator=g))
+    pts = (
+        (torch.rand(n, 3, generator=g) - 0.3)
+        * extent
+        * float(torch.randint(1, 4, (1,), generator=g))
+    )
+    batch = torch.randint(0, scans, (n, 1), generator=g)
+    coords = torch.cat([batch, torch.floor(pts / 0.05).int() * stride], 1).int()
+    coords = torch.unique(coords, dim=0)  # sorted, as voxelize gives them
+    x = sc.SparseTensor(torch.randn(len(coords), 3, generator=g), coords, stride=stride)
+    scores = torch.randint(0, 6, (len(coords),), generator=g).float()  # many ties
+    return x, scores
+
+
+@pytest.mark.skipif(not cpu_kernel_map.available(), reason="needs the C kernels")
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    ("kwargs", "cell", "stride"),
+    [
+        (dict(keep_ratio=0.5), (2, 2, 2), 1),
+        (dict(keep_ratio=0.3), (2, 2, 2), 2),
+        (dict(keep_ratio=0.9), (2, 1, 2), 1),
+        (dict(keep_ratio=0.6), (3, 3, 3), 1),  # not a power of two: the division path
+        (dict(threshold=3.0), (2, 2, 2), 4),
+    ],
+)
+def test_cells_c_pick_equals_the_torch_reference(seed, kwargs, cell, stride):
+    """Negative coordinates, several scans, ties: the C pass and the torch reference agree on
+    every kept row and every dropped row's source."""
+    x, scores = _random_scans(seed, scans=3, stride=stride)
+    pruner = sc.nn.VoxelPrune(cell=cell, **kwargs)
+    rows, source = pruner.kept_cells(x, scores)
+    want_rows, want_source = pruner._kept_cells_torch(x, scores, tuple(stride * c for c in cell))
+    assert rows.tolist() == want_rows.tolist()
+    assert source.tolist() == want_source.tolist()
+    size = torch.tensor([1, *cell]) * torch.tensor([1, stride, stride, stride])
+    all_cells = torch.div(x.coords, size, rounding_mode="floor")  # (scan, cell)
+    kept_cells = torch.unique(all_cells[rows], dim=0)
+    whole = (all_cells[:, None] == kept_cells[None]).all(-1).any(1)
+    assert torch.equal(whole.nonzero().flatten(), rows)  # whole cells, nothing half-kept
+    assert (source >= 0).all() and (source < len(rows)).all()
+
+
+def test_cells_fill_passes_gradients_to_the_kept_voxels():
+    x, scores = _line_of_cells()
+    pruner = sc.nn.VoxelPrune(keep_ratio=0.5, cell=(2, 2, 2))
+    kept = pruner(x)
+    feats = kept.feats.detach().clone().requires_grad_(True)
+    sc.nn.scatter_to(kept.replace_feats(feats), x).feats.sum().backward()
+    assert feats.grad[:, 0].tolist() == [3.0, 1.0, 3.0, 1.0]  # itself plus the rows it fills
 
 
 def test_magnitude_keeps_the_largest_voxels_per_scan():
@@ -100,11 +202,12 @@ def test_learned_scores_get_gradients_and_inference_is_deterministic():
         torch.testing.assert_close(pruned(_fresh(x)), pruned(_fresh(x)))
 
 
-def test_spvcnn_with_pruned_voxels_labels_every_point():
+@pytest.mark.parametrize("granularity", ["cell", "voxel"])
+def test_spvcnn_with_pruned_voxels_labels_every_point(granularity):
     torch.manual_seed(0)
     net = sc.models.SPVCNN(4, 5, width=0.25).eval()
     x, _, points = _points()
-    pruned = sc.prune.voxel_prune(net, keep_ratio=0.5)
+    pruned = sc.prune.voxel_prune(net, keep_ratio=0.5, granularity=granularity)
     with torch.no_grad():
         out = pruned(_fresh(x), points, 0.05)
     assert out.shape == (len(points), 5) and torch.isfinite(out).all()
@@ -119,6 +222,8 @@ def test_spvcnn_with_pruned_voxels_labels_every_point():
         (dict(keep_ratio=None), "exactly one of keep_ratio and threshold"),
         (dict(score="vibes"), "score must be one of"),
         (dict(layers=["classifier"]), "not .* Conv3d layers"),
+        (dict(granularity="pixel"), "granularity must be one of"),
+        (dict(layers=["stem.0.0"]), "submanifold .* use granularity='voxel'"),
     ],
 )
 def test_bad_input_leaves_the_model_untouched(kwargs, match):
@@ -144,6 +249,7 @@ def test_scatter_to_refuses_foreign_voxels():
     "kwargs",
     [
         dict(keep_ratio=0.5),
+        dict(keep_ratio=0.5, granularity="voxel"),
         dict(keep_ratio=0.6, score="learned"),
         dict(keep_ratio=None, threshold=0.5),
     ],
