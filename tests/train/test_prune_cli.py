@@ -103,8 +103,12 @@ def test_variant_parsing_errors():
     combo = parse_spec("channel:l2:0.4:8+offset:norm:0.33")
     assert combo.method == "combined" and [p.method for p in combo.parts] == ["channel", "offset"]
     assert combo.label == "channel l2 0.4 round 8 + offset norm 0.33"
+    cells, single = parse_spec("voxel:0.5"), parse_spec("voxel:0.5:voxel")
+    assert (cells.keep, cells.granularity, cells.label) == (0.5, "cell", "voxel keep 0.5")
+    assert (single.granularity, single.label) == ("voxel", "voxel keep 0.5 single voxels")
     for bad in ("channel:l2", "channel:l2:0.4:0", "channel:l2:0.4:x", "nm:a:4", "what",
-                "offset:norm", "offset:norm:x", "dense+offset:norm:0.3"):  # fmt: skip
+                "offset:norm", "offset:norm:x", "dense+offset:norm:0.3", "voxel:0",
+                "voxel:0.5:pixel"):  # fmt: skip
         with pytest.raises(ValueError, match="bad variant"):
             parse_spec(bad)
     with pytest.raises(ValueError, match="method"):
