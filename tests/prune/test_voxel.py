@@ -22,6 +22,14 @@ def _fresh(x):
     return sc.SparseTensor(x.feats, x.coords)
 
 
+def _assert_every_point_labelled(pruned, x, p2v):
+    with torch.no_grad():
+        logits = pruned(_fresh(x))
+    assert logits.shape == (len(x.coords), 5) and torch.isfinite(logits).all()
+    per_point = sc.devoxelize(sc.SparseTensor(logits, x.coords), p2v)
+    assert per_point.shape[0] == p2v.shape[0] and (per_point.abs().sum(1) > 0).all()
+
+
 def test_keep_ratio_one_is_the_identity():
     torch.manual_seed(0)
     net = sc.models.MinkUNet(4, 5, width=0.25).eval()
@@ -50,11 +58,7 @@ def test_half_the_voxels_shrink_the_later_maps_and_every_point_is_labelled():
         assert k == -(-n // 2), name  # ceil(n / 2) per scan
     macs = sc.prune.count_macs(pruned, _fresh(x))["total"]
     assert macs < 0.8 * sc.prune.count_macs(net, _fresh(x))["total"]
-    with torch.no_grad():
-        logits = pruned(_fresh(x))
-    assert logits.shape == (len(x.coords), 5) and torch.isfinite(logits).all()
-    per_point = sc.devoxelize(sc.SparseTensor(logits, x.coords), p2v)
-    assert per_point.shape[0] == p2v.shape[0] and (per_point.abs().sum(1) > 0).all()
+    _assert_every_point_labelled(pruned, x, p2v)
 
 
 def test_cells_halve_every_coarser_stride_and_every_voxel_gets_decoder_features():
@@ -69,11 +73,7 @@ def test_cells_halve_every_coarser_stride_and_every_voxel_gets_decoder_features(
     assert thin["1x1x1"] == len(x.coords)
     for stride in ("2x2x2", "4x4x4", "8x8x8", "16x16x16"):
         assert thin[stride] <= 0.7 * dense[stride], (stride, thin, dense)
-    with torch.no_grad():
-        logits = pruned(_fresh(x))
-    assert logits.shape == (len(x.coords), 5) and torch.isfinite(logits).all()
-    per_point = sc.devoxelize(sc.SparseTensor(logits, x.coords), p2v)
-    assert per_point.shape[0] == p2v.shape[0] and (per_point.abs().sum(1) > 0).all()
+    _assert_every_point_labelled(pruned, x, p2v)
 
 
 def _line_of_cells():
