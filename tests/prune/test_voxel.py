@@ -282,3 +282,29 @@ def test_a_channel_and_voxel_pruned_model_with_a_learned_score_reloads(tmp_path)
     loaded = sc.prune.load(tmp_path / "cv.npz").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(_fresh(x)), pruned(_fresh(x)))
+
+
+def test_files_saved_before_cell_granularity_load_as_single_voxel_pruning(tmp_path):
+    """A pruned-model file whose voxel settings lack ``granularity`` (written before cells
+    existed) prunes single voxels when loaded, as it did when it was saved."""
+    import json
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25).eval()
+    x, _, _ = _points()
+    old = sc.prune.voxel_prune(net, keep_ratio=0.5, granularity="voxel").eval()
+    sc.prune.save(old, tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    key = "__sparseconv_meta__"
+    meta = json.loads(bytes(arrays[key]).decode())
+    for settings in meta["voxel_prune"].values():
+        assert settings.pop("granularity") == "voxel"
+    arrays[key] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    loaded = sc.prune.load(tmp_path / "old.npz").eval()
+    assert loaded.down[0][0][0].voxel_prune.cell is None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_fresh(x)), old(_fresh(x)))
