@@ -4,8 +4,9 @@ later map is smaller (SPS-Conv, Ada3D).
 ``VoxelPrune(keep_ratio=0.7)`` keeps, per scan of the batch, the voxels with the largest feature
 L2 norm (``score="magnitude"``) or the largest learned score (``score="learned"``: a linear
 scorer trained through a straight-through factor that is 1 in the forward pass, so kept
-features are unchanged and the scorer still gets gradients); ``threshold=`` keeps the voxels
-scoring at least that instead. Selection is deterministic (ties go to the lower row).
+features are unchanged and the scorer still gets gradients), or seeded uniform scores
+(``score="random"``, the baseline); ``threshold=`` keeps the voxels scoring at least that
+instead. Selection is deterministic (ties go to the lower row).
 
 The pruned tensor starts a fresh map cache: the coordinates at its stride are now a subset, and
 the layers after it must not reuse the full set's maps. A decoder that returns to that stride
@@ -39,7 +40,7 @@ from sparseconv.maps.offsets import Triple
 from sparseconv.tensor import SparseTensor
 from sparseconv.voxelize import row_lookup
 
-SCORES = ("magnitude", "learned")
+SCORES = ("magnitude", "learned", "random")
 # NEAREST[o]: a block's octants by Hamming distance from octant o (ties: the lower), o first;
 # a dropped cell's voxels take the features of the first kept cell in that order
 NEAREST = [sorted(range(8), key=lambda p, o=o: ((o ^ p).bit_count(), p)) for o in range(8)]
@@ -82,10 +83,14 @@ class VoxelPrune(nn.Module):
         self.scorer = nn.Linear(channels, 1) if score == "learned" else None
 
     def scores(self, x: SparseTensor) -> torch.Tensor:
-        """``[N]``: each voxel's importance."""
-        if self.scorer is None:
-            return x.feats.detach().float().norm(dim=1)
-        return torch.sigmoid(self.scorer(x.feats)).squeeze(1)
+        """``[N]``: each voxel's importance (``"random"``: the baseline that ignores the data,
+        uniform scores from a fixed seed, so one scan is always pruned alike)."""
+        if self.scorer is not None:
+            return torch.sigmoid(self.scorer(x.feats)).squeeze(1)
+        if self.score_kind == "random":
+            generator = torch.Generator(device=x.feats.device).manual_seed(0)
+            return torch.rand(x.feats.shape[0], generator=generator, device=x.feats.device)
+        return x.feats.detach().float().norm(dim=1)
 
     def kept_rows(self, x: SparseTensor, scores: torch.Tensor) -> torch.Tensor:
         """Sorted rows kept: per batch entry the top ``keep_ratio`` (at least one), or

@@ -39,6 +39,7 @@ class PruneSpec:
     pattern: str | None = None  # offset: a fixed pattern (cross, shell19) instead of a ratio
     keep: float = 0.7  # voxel: fraction of cells every strided conv keeps
     granularity: str = "cell"  # voxel: whole output cells, or single voxels ("voxel")
+    score: str = "magnitude"  # voxel: magnitude, learned or random (the baseline)
     parts: list = field(default_factory=list)  # combined: specs applied in order
     label: str = field(default="")
 
@@ -57,6 +58,7 @@ class PruneSpec:
                 if self.pattern
                 else f"offset {self.importance} {self.ratio:.2g}",
                 "voxel": f"voxel keep {self.keep:g}"
+                + (f" {self.score}" if self.score != "magnitude" else "")
                 + (" single voxels" if self.granularity == "voxel" else ""),
                 "combined": " + ".join(p.label for p in self.parts),
             }[self.method]
@@ -106,7 +108,8 @@ def apply(spec: PruneSpec, model: nn.Module, example) -> tuple[nn.Module, dict]:
                                            pattern=spec.pattern, inplace=True)  # fmt: skip
         info["pair_ratio"] = report.pair_ratio
     elif spec.method == "voxel":
-        model = prune.voxel_prune(model, spec.keep, inplace=True, granularity=spec.granularity)
+        model = prune.voxel_prune(model, spec.keep, score=spec.score, inplace=True,
+                                  granularity=spec.granularity)  # fmt: skip
         counts = prune.voxel_counts(model, example)
         info["voxels_kept"] = sum(k for _, k in counts.values()) / max(
             1, sum(n for n, _ in counts.values())
@@ -154,9 +157,10 @@ def first_batch(dataset: datasets.ScanDataset, device: torch.device) -> datasets
 def parse_spec(text: str) -> PruneSpec:
     """``dense``, ``channel:<importance>:<ratio>[:<round_to>]``, ``nm:<n>:<m>[:ends]``,
     ``fine:<importance>:<sparsity>``, ``offset:<importance>:<ratio>`` or
-    ``offset:pattern:<cross|shell19>``, ``voxel:<keep>[:voxel]`` (the fraction of its output
-    cells each strided conv keeps; ``:voxel``: of single voxels, before the first strided conv
-    only), and ``+`` between specs to apply several in order
+    ``offset:pattern:<cross|shell19>``, ``voxel:<keep>[:learned|:random][:voxel]`` (the
+    fraction of its output cells each strided conv keeps, by feature norm, a learned score or
+    seeded random scores; ``:voxel``: of single voxels, before the first strided conv only), and
+    ``+`` between specs to apply several in order
     (``ends``: first and last layers stay dense; ``round_to``: kept widths are multiples of
     it, e.g. 8 for whole SIMD vectors of float32)."""
     if "+" in text:
@@ -166,11 +170,8 @@ def parse_spec(text: str) -> PruneSpec:
         return PruneSpec("combined", parts=parts)
     parts = text.split(":")
     try:
-        if parts[0] == "voxel" and (len(parts) == 2 or (len(parts) == 3 and parts[2] == "voxel")):
-            keep = float(parts[1])
-            if not 0 < keep <= 1:
-                raise ValueError
-            return PruneSpec("voxel", keep=keep, granularity="voxel" if len(parts) == 3 else "cell")
+        if parts[0] == "voxel" and len(parts) >= 2:
+            return _voxel_spec(parts[1:])
         if parts[0] == "offset" and len(parts) == 3:
             if parts[1] == "pattern":
                 return PruneSpec("offset", pattern=parts[2])
@@ -194,5 +195,20 @@ def parse_spec(text: str) -> PruneSpec:
     raise ValueError(
         f"bad variant {text!r}: use dense, channel:<importance>:<ratio>[:<round_to>], "
         "nm:<n>:<m>[:ends], fine:<importance>:<sparsity>, offset:<importance>:<ratio>, "
-        "offset:pattern:<cross|shell19>, voxel:<keep>[:voxel], or several joined by +"
+        "offset:pattern:<cross|shell19>, voxel:<keep>[:learned|:random][:voxel], or several "
+        "joined by +"
     )
+
+
+def _voxel_spec(parts: list[str]) -> PruneSpec:
+    """``<keep>[:learned|:random][:voxel]`` (a ValueError for anything else)."""
+    keep, flags = float(parts[0]), parts[1:]
+    scores = [f for f in flags if f in ("learned", "random")]
+    if (
+        not 0 < keep <= 1
+        or len(scores) > 1
+        or flags != [*scores, *(["voxel"] if "voxel" in flags else [])]
+    ):
+        raise ValueError
+    return PruneSpec("voxel", keep=keep, score=scores[0] if scores else "magnitude",
+                     granularity="voxel" if "voxel" in flags else "cell")  # fmt: skip

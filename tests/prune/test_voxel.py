@@ -308,3 +308,14 @@ def test_files_saved_before_cell_granularity_load_as_single_voxel_pruning(tmp_pa
     assert loaded.down[0][0][0].voxel_prune.cell is None
     with torch.no_grad():
         torch.testing.assert_close(loaded(_fresh(x)), old(_fresh(x)))
+
+
+def test_random_scores_are_a_seeded_baseline_that_ignores_the_features():
+    x, _, _ = _points(2000)
+    other = sc.SparseTensor(torch.randn_like(x.feats), x.coords)
+    pruner = sc.nn.VoxelPrune(keep_ratio=0.5, score="random", cell=(2, 2, 2))
+    kept = pruner(_fresh(x))
+    assert torch.equal(kept.coords, pruner(other).coords)  # the data does not matter
+    assert torch.equal(kept.coords, pruner(_fresh(x)).coords)  # deterministic
+    magnitude = sc.nn.VoxelPrune(keep_ratio=0.5, cell=(2, 2, 2))(_fresh(x))
+    assert not torch.equal(kept.coords, magnitude.coords)

@@ -106,9 +106,12 @@ def test_variant_parsing_errors():
     cells, single = parse_spec("voxel:0.5"), parse_spec("voxel:0.5:voxel")
     assert (cells.keep, cells.granularity, cells.label) == (0.5, "cell", "voxel keep 0.5")
     assert (single.granularity, single.label) == ("voxel", "voxel keep 0.5 single voxels")
+    rand = parse_spec("voxel:0.5:random")
+    assert (rand.score, rand.granularity, rand.label) == ("random", "cell", "voxel keep 0.5 random")
+    assert parse_spec("voxel:0.7:learned:voxel").label == "voxel keep 0.7 learned single voxels"
     for bad in ("channel:l2", "channel:l2:0.4:0", "channel:l2:0.4:x", "nm:a:4", "what",
                 "offset:norm", "offset:norm:x", "dense+offset:norm:0.3", "voxel:0",
-                "voxel:0.5:pixel"):  # fmt: skip
+                "voxel:0.5:pixel", "voxel:0.5:voxel:random", "voxel:0.5:random:learned"):  # fmt: skip
         with pytest.raises(ValueError, match="bad variant"):
             parse_spec(bad)
     with pytest.raises(ValueError, match="method"):
