@@ -319,3 +319,30 @@ def test_random_scores_are_a_seeded_baseline_that_ignores_the_features():
     assert torch.equal(kept.coords, pruner(_fresh(x)).coords)  # deterministic
     magnitude = sc.nn.VoxelPrune(keep_ratio=0.5, cell=(2, 2, 2))(_fresh(x))
     assert not torch.equal(kept.coords, magnitude.coords)
+
+
+def test_minkunet_goes_back_to_the_full_set_through_the_pruning_record(monkeypatch):
+    """Cell pruning's decoder returns by the record's gather: no coordinate lookup, and no
+    voxel of the full set is left with zeros from the decoder."""
+    from sparseconv.nn import voxel_prune as module
+
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25).eval()
+    x, _, _ = _points()
+    pruned = sc.prune.voxel_prune(net, keep_ratio=0.5)
+    seen = []
+    real = module.scatter_to
+
+    def checked(y, full):
+        out = real(y, full)
+        seen.append(bool((out.feats.abs().sum(1) > 0).all()))
+        return out
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError("scatter_to looked coordinates up")
+
+    monkeypatch.setattr(module, "row_lookup", no_lookup)
+    monkeypatch.setattr(sc.models.minkunet, "scatter_to", checked)
+    with torch.no_grad():
+        pruned(_fresh(x))
+    assert len(seen) == 4 and all(seen)
