@@ -110,6 +110,11 @@ def test_a_pinned_choice_drives_auto():
     key = AutotuneCache.key(x, w, km, False)
     saved = AUTOTUNE.choices
     try:
+        first = resolve("auto", x, w, km, False).name  # remembered by the fast path
+        other = "torch" if first != "torch" else "cpu_implicit_gemm"
+        if other in DATAFLOWS:
+            AUTOTUNE.pin(key, other)  # a new pin must reach a remembered answer
+            assert resolve("auto", x, w, km, False).name == other
         AUTOTUNE.pin(key, "torch")
         assert resolve("auto", x, w, km, False).name == "torch"
     finally:
