@@ -456,8 +456,9 @@ int sc_downsample_outputs(const int64_t *floored, const int64_t *order, int64_t 
 }
 
 /* ---- cell-granular voxel pruning (sparseconv.nn.voxel_prune.VoxelPrune.kept_cells) -------
- * One pass per step instead of torch's dozen whole-array ones: at four pruning layers per call
- * those steps cost a sixth of a pruned width-0.25 MinkUNet's call.
+ * One pass per step instead of torch's dozen whole-array ones: a torch version of the four
+ * pruning layers' picks took 4.4 ms of a 32 ms pruned width-0.25 MinkUNet call (ad hoc); this
+ * pass takes 0.58 ms for the largest of them (38 k voxels).
  * Reference: VoxelPrune's torch path (tests compare the two). */
 
 /* A float's bits as an unsigned key of the same order (negatives flipped, NaN above +inf). */
