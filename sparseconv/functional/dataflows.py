@@ -278,20 +278,7 @@ def _resolve_auto(
 
 
 def _candidates(x: torch.Tensor, deterministic: bool) -> list[Dataflow]:
-    """The dataflows "auto" may run on ``x``: asked once per device, dtype and setting (every
-    conv of a network asks; answering anew cost 25 us per conv)."""
-    key = (x.device, x.dtype, deterministic, os.environ.get("TRITON_INTERPRET"),
-           cpu_library.available(), len(DATAFLOWS))  # fmt: skip
-    found = _CANDIDATES.get(key)
-    if found is None:
-        found = _CANDIDATES[key] = _find_candidates(x, deterministic)
-    return found
-
-
-_CANDIDATES: dict[tuple, list[Dataflow]] = {}
-
-
-def _find_candidates(x: torch.Tensor, deterministic: bool) -> list[Dataflow]:
+    """The dataflows "auto" may run on ``x`` (asked once per layer shape: resolve remembers)."""
     candidates = [f for f in DATAFLOWS.values() if f.tunable(x)]
     if not deterministic:
         return candidates
