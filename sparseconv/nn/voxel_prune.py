@@ -101,12 +101,11 @@ class VoxelPrune(nn.Module):
         batch = x.coords[:, 0]
         if len(batch) == 0:
             return batch.new_zeros(0, dtype=torch.long)
-        if bool((batch == batch[0]).all()):  # one scan: no per-scan split
+        scans = _per_scan(batch)
+        if len(scans) == 1:  # one scan: every row is a member, no split
             return _top_rows(s, max(1, math.ceil(self.keep_ratio * len(s))))
-        kept = []
-        for b in torch.unique(batch).tolist():
-            rows = torch.nonzero(batch == b).flatten()
-            kept.append(rows[_top_rows(s[rows], max(1, math.ceil(self.keep_ratio * len(rows))))])
+        kept = [rows[_top_rows(s[rows], max(1, math.ceil(self.keep_ratio * len(rows))))]
+                for rows in scans]  # fmt: skip
         return torch.sort(torch.cat(kept)).values
 
     def kept_cells(self, x: SparseTensor, scores: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -129,14 +128,13 @@ class VoxelPrune(nn.Module):
     def _kept_cells_torch(self, x: SparseTensor, scores: torch.Tensor, cell: Triple):
         """The reference of :meth:`kept_cells` (any device)."""
         device = x.coords.device
+        cells = _floor_div(x.coords, cell)  # (scan, cell index) per row
         block_keys, block_of = torch.unique(
-            _floored_keys(x.coords, tuple(2 * c for c in cell)), return_inverse=True
+            coord_keys.pack(_floor_div(cells, (2, 2, 2))), return_inverse=True
         )
         n_blocks = len(block_keys)
-        halves = [
-            torch.div(x.coords[:, 1 + a], cell[a], rounding_mode="floor") & 1 for a in range(3)
-        ]
-        cell_of = 8 * block_of + (halves[0] << 2 | halves[1] << 1 | halves[2])
+        halves = cells[:, 1:] & 1  # the cell's octant within its block
+        cell_of = 8 * block_of + (halves[:, 0] << 2 | halves[:, 1] << 1 | halves[:, 2])
         s = scores.detach().float()
         cell_score = s.new_full((8 * n_blocks,), -math.inf).scatter_reduce(0, cell_of, s, "amax")
         occupied = torch.zeros(8 * n_blocks, dtype=torch.bool, device=device)
@@ -208,11 +206,10 @@ def _cached_keys(x: SparseTensor) -> torch.Tensor | None:
     return x.cache.keys.get(x.stride)
 
 
-def _floored_keys(coords: torch.Tensor, size: Triple) -> torch.Tensor:
-    """Packed keys of ``floor(coords / size)`` (batch kept): equal for one cell's rows."""
-    size_t = torch.tensor(size, dtype=coords.dtype, device=coords.device)
-    floored = torch.cat([coords[:, :1], torch.div(coords[:, 1:], size_t, rounding_mode="floor")], 1)
-    return coord_keys.pack(floored.to(torch.int32))
+def _floor_div(coords: torch.Tensor, size: Triple) -> torch.Tensor:
+    """``floor(coords / size)`` per axis, the batch column kept."""
+    divisor = torch.tensor([1, *size], dtype=coords.dtype, device=coords.device)
+    return torch.div(coords, divisor, rounding_mode="floor")
 
 
 def _per_scan(batch: torch.Tensor) -> list[torch.Tensor]:

@@ -72,7 +72,7 @@ def voxel_prune(
             score,
             convs[n].in_channels,
             cell=convs[n].stride if granularity == "cell" else None,
-        )  # fmt: skip
+        )
         for n in chosen
     }
     if not inplace:
@@ -94,7 +94,7 @@ def voxel_pruners(model: nn.Module) -> dict[str, dict]:
             "threshold": p.threshold,
             "score": p.score_kind,
             "granularity": "voxel" if p.cell is None else "cell",
-        }  # fmt: skip
+        }
         for name, m in model.named_modules()
         if isinstance(m, snn.Conv3d) and isinstance(p := getattr(m, _CHILD, None), VoxelPrune)
     }

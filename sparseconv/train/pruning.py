@@ -203,12 +203,7 @@ def parse_spec(text: str) -> PruneSpec:
 def _voxel_spec(parts: list[str]) -> PruneSpec:
     """``<keep>[:learned|:random][:voxel]`` (a ValueError for anything else)."""
     keep, flags = float(parts[0]), parts[1:]
-    scores = [f for f in flags if f in ("learned", "random")]
-    if (
-        not 0 < keep <= 1
-        or len(scores) > 1
-        or flags != [*scores, *(["voxel"] if "voxel" in flags else [])]
-    ):
+    score = flags.pop(0) if flags and flags[0] in ("learned", "random") else "magnitude"
+    if not 0 < keep <= 1 or flags not in ([], ["voxel"]):
         raise ValueError
-    return PruneSpec("voxel", keep=keep, score=scores[0] if scores else "magnitude",
-                     granularity="voxel" if "voxel" in flags else "cell")  # fmt: skip
+    return PruneSpec("voxel", keep=keep, score=score, granularity="voxel" if flags else "cell")
