@@ -155,8 +155,8 @@ class AutotuneCache:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._choices: dict[str, str] = {}
-        # resolve()'s answers by its raw inputs: building the string key and taking the lock
-        # cost 30 us per conv, 1.5 ms of a width-0.25 MinkUNet call (49 convs)
+        # resolve()'s answers by its raw inputs: a tuple lookup (2 us) instead of the
+        # candidates, the string key and the lock (10 us) for every conv on every call
         self.resolved: dict[tuple, Dataflow] = {}
         self._lock = threading.RLock()
 
