@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
     pr.add_argument(
         "--variants", nargs="*", default=None,
         help="dense, channel:<importance>:<ratio>[:<round_to>], nm:<n>:<m>[:ends], fine:<importance>:<sparsity>, "
-        "offset:<norm|work|taylor>:<ratio>, offset:pattern:<cross|shell19>, voxel:<keep>[:learned|:random][:voxel], several joined by + "
+        "offset:<norm|work|efficiency|taylor|random>:<ratio>[:s<strides>], offset:pattern:<cross|shell19>[:s<strides>] (s1: stride-1 convs only), voxel:<keep>[:learned|:random][:voxel], several joined by + "
         "(default: dense, channel l2 0.3/0.5, l2 0.4 round 8, uniform 0.3, random 0.3, 2:4, "
         "2:4 ends dense, fine 0.5, offset norm/work 1/3, offset cross, voxel keep 0.7, channel l2 0.4 round 8 + "
         "offset norm 0.33 (+ voxel keep 0.7))",

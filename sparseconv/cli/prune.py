@@ -1,7 +1,8 @@
 """``sparseconv prune``: prune a trained run, fine-tune it at 1/10 of its learning rate, save it.
 
-``--variant`` takes ``channel:<importance>:<ratio>[:<round_to>]``, ``nm:<n>:<m>[:ends]`` or
-``fine:<importance>:<sparsity>``. The result is written without pickle (``pruned.npz``, loadable
+``--variant`` takes any ``bench prune`` variant (``channel:<importance>:<ratio>[:<round_to>]``,
+``nm:<n>:<m>[:ends]``, ``fine:<importance>:<sparsity>``, ``offset:...``, ``voxel:...``, several
+joined by ``+``: :func:`sparseconv.train.pruning.parse_spec`). The result is written without pickle (``pruned.npz``, loadable
 with ``sparseconv.prune.load``) with ``prune.json`` (MACs, mIoU before and after fine-tuning).
 ``--sensitivity`` instead scans every prunable group at ratios 0.1..0.9 and plots the mIoU.
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "prune", help="prune a trained run (channel, N:M, fine-grained) and fine-tune"
+        "prune",
+        help="prune a trained run (channel, N:M, fine-grained, offsets, voxels) and fine-tune",
     )
     p.add_argument("--run", type=Path, required=True, help="run folder of `sparseconv train`/demo")
     p.add_argument("--variant", default="channel:l2:0.3", help="default channel:l2:0.3")

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from sparseconv import nn as snn
+from sparseconv.maps.offsets import as_triple
 from sparseconv.prune.importance import LossFn, Taylor
 from sparseconv.prune.tracing import layer_inputs
 
@@ -114,17 +115,24 @@ def offset_prune(
     share_maps: bool = True,
     symmetric: bool = True,
     inplace: bool = False,
+    strides: Iterable[int | tuple[int, int, int]] | None = None,
 ) -> tuple[nn.Module, OffsetReport]:
     """A copy of ``model`` (or ``model`` itself with ``inplace``) whose prunable convs keep
     ``1 - ratio`` of their non-centre offsets, and the report. ``share_maps`` keeps one subset
     for all layers on one kernel map (their scores summed): the restricted map is then derived
     once per map, not once per layer, which is what makes pruning pay when maps are built per
     scan; ``False`` lets each layer choose its own. ``symmetric`` removes mirror pairs (see the
-    module docstring); ``False`` removes single offsets. Checks everything before changing anything:
-    a refused call leaves the model as it was."""
+    module docstring); ``False`` removes single offsets. ``strides`` keeps only the convs whose
+    input has one of these tensor strides on ``example`` (``(1,)``: the full-resolution layers,
+    the ones voxel pruning leaves whole; offset pruning of the coarse strides that voxel
+    pruning thins leaves their layers too few neighbours, see docs/pruning.md). Checks
+    everything before changing anything: a refused call leaves the model as it was."""
     targets = _targets(model, layers)
     _check_arguments(ratio, importance, scope, pattern, batches, loss_fn)
-    pairs, map_of = _pairs_per_offset(model, example, targets)
+    inputs = layer_inputs(model, example, targets)
+    if strides is not None:
+        targets = _at_strides(targets, inputs, strides)
+    pairs, map_of = _pairs_per_offset(targets, inputs)
     if pattern is not None:
         kept = {n: pattern_offsets(m.kernel_size, pattern) for n, m in targets.items()}
         kept = {n: [k for k in ks if k in _current(targets[n])] for n, ks in kept.items()}
@@ -197,10 +205,23 @@ def _check_arguments(ratio, importance, scope, pattern, batches, loss_fn) -> Non
             raise ValueError("importance='taylor' needs batches and loss_fn")
 
 
-def _pairs_per_offset(model, example, targets) -> tuple[dict[str, list[int]], dict[str, int]]:
-    """Pairs of each kept offset of every target on ``example`` (one forward pass), and which
-    map each layer uses (layers on the same cached map get the same id)."""
-    inputs = layer_inputs(model, example, targets)
+def _at_strides(targets: dict[str, snn.Conv3d], inputs: dict, strides) -> dict[str, snn.Conv3d]:
+    """The targets whose input on the example has one of the tensor ``strides``."""
+    wanted = {as_triple(s, "strides") for s in strides}
+    if not wanted:
+        raise ValueError("strides must name at least one tensor stride (e.g. (1,))")
+    found = {n: m for n, m in targets.items() if n in inputs and inputs[n].stride in wanted}
+    if not found:
+        seen = sorted({x.stride for x in inputs.values()})
+        raise ValueError(
+            f"no prunable conv runs at tensor strides {sorted(wanted)}; they run at {seen}"
+        )
+    return found
+
+
+def _pairs_per_offset(targets, inputs) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Pairs of each kept offset of every target on its recorded input, and which map each
+    layer uses (layers on the same cached map get the same id)."""
     pairs, map_of, maps = {}, {}, []
     for name, layer in targets.items():
         with torch.no_grad():

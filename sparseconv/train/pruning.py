@@ -37,6 +37,7 @@ class PruneSpec:
     keep_ends: bool = False  # nm: first and last prunable layers stay dense
     sparsity: float = 0.5  # fine-grained
     pattern: str | None = None  # offset: a fixed pattern (cross, shell19) instead of a ratio
+    strides: tuple[int, ...] | None = None  # offset: only the convs at these tensor strides
     keep: float = 0.7  # voxel: fraction of cells every strided conv keeps
     granularity: str = "cell"  # voxel: whole output cells, or single voxels ("voxel")
     score: str = "magnitude"  # voxel: magnitude, learned or random (the baseline)
@@ -54,9 +55,12 @@ class PruneSpec:
                 "nm": f"{self.n}:{self.m} {self.importance}"
                 + (" ends dense" if self.keep_ends else ""),
                 "fine": f"fine {self.importance} {self.sparsity:g}",
-                "offset": f"offset {self.pattern}"
-                if self.pattern
-                else f"offset {self.importance} {self.ratio:.2g}",
+                "offset": (
+                    f"offset {self.pattern}"
+                    if self.pattern
+                    else f"offset {self.importance} {self.ratio:.2g}"
+                )
+                + (f" at stride {','.join(map(str, self.strides))}" if self.strides else ""),
                 "voxel": f"voxel keep {self.keep:g}"
                 + (f" {self.score}" if self.score != "magnitude" else "")
                 + (" single voxels" if self.granularity == "voxel" else ""),
@@ -105,7 +109,8 @@ def apply(spec: PruneSpec, model: nn.Module, example) -> tuple[nn.Module, dict]:
             model, _ = apply(part, model, example)
     elif spec.method == "offset":
         model, report = prune.offset_prune(model, example, spec.ratio, spec.importance,
-                                           pattern=spec.pattern, inplace=True)  # fmt: skip
+                                           pattern=spec.pattern, inplace=True,
+                                           strides=spec.strides)  # fmt: skip
         info["pair_ratio"] = report.pair_ratio
     elif spec.method == "voxel":
         model = prune.voxel_prune(model, spec.keep, score=spec.score, inplace=True,
@@ -157,7 +162,8 @@ def first_batch(dataset: datasets.ScanDataset, device: torch.device) -> datasets
 def parse_spec(text: str) -> PruneSpec:
     """``dense``, ``channel:<importance>:<ratio>[:<round_to>]``, ``nm:<n>:<m>[:ends]``,
     ``fine:<importance>:<sparsity>``, ``offset:<importance>:<ratio>`` or
-    ``offset:pattern:<cross|shell19>``, ``voxel:<keep>[:learned|:random][:voxel]`` (the
+    ``offset:pattern:<cross|shell19>`` (either with ``:s<stride>[,<stride>...]``: only the convs
+    at those tensor strides, e.g. ``:s1`` beside voxel pruning), ``voxel:<keep>[:learned|:random][:voxel]`` (the
     fraction of its output cells each strided conv keeps, by feature norm, a learned score or
     seeded random scores; ``:voxel``: of single voxels, before the first strided conv only), and
     ``+`` between specs to apply several in order
@@ -172,10 +178,8 @@ def parse_spec(text: str) -> PruneSpec:
     try:
         if parts[0] == "voxel" and len(parts) >= 2:
             return _voxel_spec(parts[1:])
-        if parts[0] == "offset" and len(parts) == 3:
-            if parts[1] == "pattern":
-                return PruneSpec("offset", pattern=parts[2])
-            return PruneSpec("offset", ratio=float(parts[2]), importance=parts[1])
+        if parts[0] == "offset" and len(parts) in (3, 4):
+            return _offset_spec(parts[1:])
         if parts[0] == "dense" and len(parts) == 1:
             return PruneSpec("dense")
         if parts[0] == "channel" and len(parts) in (3, 4):
@@ -194,10 +198,25 @@ def parse_spec(text: str) -> PruneSpec:
         pass
     raise ValueError(
         f"bad variant {text!r}: use dense, channel:<importance>:<ratio>[:<round_to>], "
-        "nm:<n>:<m>[:ends], fine:<importance>:<sparsity>, offset:<importance>:<ratio>, "
-        "offset:pattern:<cross|shell19>, voxel:<keep>[:learned|:random][:voxel], or several "
+        "nm:<n>:<m>[:ends], fine:<importance>:<sparsity>, offset:<importance>:<ratio>[:s<strides>], "
+        "offset:pattern:<cross|shell19>[:s<strides>], voxel:<keep>[:learned|:random][:voxel], or several "
         "joined by +"
     )
+
+
+def _offset_spec(parts: list[str]) -> PruneSpec:
+    """``<importance>:<ratio>`` or ``pattern:<name>``, then optionally ``:s<stride>[,...]``
+    (a ValueError for anything else)."""
+    strides = None
+    if len(parts) == 3:
+        if not parts[2].startswith("s"):
+            raise ValueError
+        strides = tuple(int(v) for v in parts[2][1:].split(","))
+        if any(v < 1 for v in strides):
+            raise ValueError
+    if parts[0] == "pattern":
+        return PruneSpec("offset", pattern=parts[1], strides=strides)
+    return PruneSpec("offset", ratio=float(parts[1]), importance=parts[0], strides=strides)
 
 
 def _voxel_spec(parts: list[str]) -> PruneSpec:

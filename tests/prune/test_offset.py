@@ -165,6 +165,9 @@ def test_a_compiled_offset_pruned_network_equals_eager():
         (dict(scope="world"), "scope must be"),
         (dict(layers=["nope"]), r"layers \['nope'\] are not prunable"),
         (dict(pattern="star"), "pattern must be one of"),
+        (dict(strides=[3]), r"no prunable conv runs at tensor strides \[\(3, 3, 3\)\]"),
+        (dict(strides=[]), "strides must name at least one"),
+        (dict(strides=[0]), "strides must be"),
     ],
 )
 def test_bad_input_leaves_the_model_untouched(kwargs, match):
@@ -192,6 +195,22 @@ def test_bad_offset_lists():
         sc.functional.conv3d(_scan(extent=8), layer.weight, kernel_size=3, offsets=(1, 40))
     with pytest.raises(ValueError, match="no conv with a centre offset"):
         sc.prune.offset_prune(sc.nn.Sequential(sc.nn.Conv3d(4, 4, 2, stride=2)), _scan(), 0.3)
+
+
+def test_strides_prune_only_the_convs_at_those_tensor_strides():
+    """``strides=(1,)`` prunes the full-resolution k3 convs (stem and last decoder stage of a
+    MinkUNet) and nothing else, losslessly; several strides add up."""
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25)
+    pruned, report = _lossless(net, _scan(), ratio=1 / 3, strides=(1,))
+    want = {n for n in prunable_offset_layers(net) if n.startswith(("stem.", "fuse.3."))}
+    assert set(report.kept) == want and len(want) == 6
+    untouched = [m for n, m in pruned.named_modules() if n in prunable_offset_layers(net)
+                 and n not in want]  # fmt: skip
+    assert untouched and all(m.kept_offsets is None for m in untouched)
+    _, both = sc.prune.offset_prune(net, _scan(), 1 / 3, strides=[1, (2, 2, 2)])
+    assert set(both.kept) == want | {n for n in prunable_offset_layers(net)
+                                     if n.startswith(("down.0.", "fuse.2."))}  # fmt: skip
 
 
 def test_layers_on_one_map_share_a_subset_unless_asked_not_to():

@@ -100,6 +100,9 @@ def test_variant_parsing_errors():
     assert (spec.method, spec.importance, spec.ratio, spec.label) == ("offset", "work", 0.33,
                                                                        "offset work 0.33")  # fmt: skip
     assert parse_spec("offset:pattern:cross").label == "offset cross"
+    fine = parse_spec("offset:efficiency:0.33:s1")
+    assert (fine.strides, fine.label) == ((1,), "offset efficiency 0.33 at stride 1")
+    assert parse_spec("offset:pattern:cross:s1,2").strides == (1, 2)
     combo = parse_spec("channel:l2:0.4:8+offset:norm:0.33")
     assert combo.method == "combined" and [p.method for p in combo.parts] == ["channel", "offset"]
     assert combo.label == "channel l2 0.4 round 8 + offset norm 0.33"
@@ -110,7 +113,8 @@ def test_variant_parsing_errors():
     assert (rand.score, rand.granularity, rand.label) == ("random", "cell", "voxel keep 0.5 random")
     assert parse_spec("voxel:0.7:learned:voxel").label == "voxel keep 0.7 learned single voxels"
     for bad in ("channel:l2", "channel:l2:0.4:0", "channel:l2:0.4:x", "nm:a:4", "what",
-                "offset:norm", "offset:norm:x", "dense+offset:norm:0.3", "voxel:0",
+                "offset:norm", "offset:norm:x", "offset:norm:0.3:1", "offset:norm:0.3:s0",
+                "offset:norm:0.3:s", "offset:norm:0.3:s1:s2", "dense+offset:norm:0.3", "voxel:0",
                 "voxel:0.5:pixel", "voxel:0.5:voxel:random", "voxel:0.5:random:learned"):  # fmt: skip
         with pytest.raises(ValueError, match="bad variant"):
             parse_spec(bad)
