@@ -130,3 +130,26 @@ def test_bench_prune_table_times_read_plainly_at_cpu_and_gpu_scale():
            "cached_speedup": 1.0, "e2e_ms": 1234.5, "e2e_speedup": 1.0}  # fmt: skip
     (printed,) = table_rows([row])
     assert (printed["ms cached"], printed["ms e2e"]) == ("8.4", "1234")
+
+
+def test_a_stride_restricted_offset_spec_beside_voxel_pruning():
+    """``offset:...:s1+voxel:0.5``: offsets removed at stride 1 only, voxels at every strided
+    conv, and every input voxel still gets a prediction."""
+    import torch
+
+    from sparseconv.train import pruning
+
+    torch.manual_seed(0)
+    net = sc.models.MinkUNet(4, 5, width=0.25).eval()
+    xyz = torch.unique(torch.randint(0, 40, (4000, 3)), dim=0)
+    coords = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.long), xyz], 1).int()
+    x = sc.SparseTensor(torch.randn(len(coords), 4), coords)
+    model, info = pruning.apply(parse_spec("offset:efficiency:0.33:s1+voxel:0.5"), net, x)
+    pruned = {n for n, m in model.named_modules()
+              if isinstance(m, sc.nn.Conv3d) and m.kept_offsets is not None}  # fmt: skip
+    assert pruned and all(n.startswith(("stem.", "fuse.3.")) for n in pruned)
+    assert sum(isinstance(m, sc.nn.VoxelPrune) for m in model.modules()) == 4
+    assert info["macs"] < sc.prune.count_macs(net, x)["total"]
+    with torch.no_grad():
+        out = model(sc.SparseTensor(x.feats, x.coords))
+    assert out.shape == (len(coords), 5) and bool(torch.isfinite(out).all())
