@@ -2,8 +2,9 @@
 
 ``--variant`` takes any ``bench prune`` variant (``channel:<importance>:<ratio>[:<round_to>]``,
 ``nm:<n>:<m>[:ends]``, ``fine:<importance>:<sparsity>``, ``offset:...``, ``voxel:...``, several
-joined by ``+``: :func:`sparseconv.train.pruning.parse_spec`). The result is written without pickle (``pruned.npz``, loadable
-with ``sparseconv.prune.load``) with ``prune.json`` (MACs, mIoU before and after fine-tuning).
+joined by ``+``: :func:`sparseconv.train.pruning.parse_spec`). The result is written without
+pickle (``pruned.npz``, loadable with ``sparseconv.prune.load``) with ``prune.json`` (MACs,
+mIoU before and after fine-tuning).
 ``--sensitivity`` instead scans every prunable group at ratios 0.1..0.9 and plots the mIoU.
 """
 

@@ -163,10 +163,10 @@ def parse_spec(text: str) -> PruneSpec:
     """``dense``, ``channel:<importance>:<ratio>[:<round_to>]``, ``nm:<n>:<m>[:ends]``,
     ``fine:<importance>:<sparsity>``, ``offset:<importance>:<ratio>`` or
     ``offset:pattern:<cross|shell19>`` (either with ``:s<stride>[,<stride>...]``: only the convs
-    at those tensor strides, e.g. ``:s1`` beside voxel pruning), ``voxel:<keep>[:learned|:random][:voxel]`` (the
-    fraction of its output cells each strided conv keeps, by feature norm, a learned score or
-    seeded random scores; ``:voxel``: of single voxels, before the first strided conv only), and
-    ``+`` between specs to apply several in order
+    at those tensor strides, e.g. ``:s1`` beside voxel pruning),
+    ``voxel:<keep>[:learned|:random][:voxel]`` (the fraction of its output cells each strided
+    conv keeps, by feature norm, a learned score or seeded random scores; ``:voxel``: of single
+    voxels, before the first strided conv only), and ``+`` between specs to apply several in order
     (``ends``: first and last layers stay dense; ``round_to``: kept widths are multiples of
     it, e.g. 8 for whole SIMD vectors of float32)."""
     if "+" in text:
@@ -198,9 +198,9 @@ def parse_spec(text: str) -> PruneSpec:
         pass
     raise ValueError(
         f"bad variant {text!r}: use dense, channel:<importance>:<ratio>[:<round_to>], "
-        "nm:<n>:<m>[:ends], fine:<importance>:<sparsity>, offset:<importance>:<ratio>[:s<strides>], "
-        "offset:pattern:<cross|shell19>[:s<strides>], voxel:<keep>[:learned|:random][:voxel], or several "
-        "joined by +"
+        "nm:<n>:<m>[:ends], fine:<importance>:<sparsity>, "
+        "offset:<importance>:<ratio>[:s<strides>], offset:pattern:<cross|shell19>[:s<strides>], "
+        "voxel:<keep>[:learned|:random][:voxel], or several joined by +"
     )
 
 
