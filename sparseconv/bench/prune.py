@@ -25,23 +25,30 @@ from sparseconv.train import pruning
 from sparseconv.utils.optional import pyplot
 from sparseconv.utils.timing import interleaved, median, ratio
 
-DEFAULT_SPECS = (
-    pruning.PruneSpec("dense"),
-    pruning.PruneSpec("channel", ratio=0.3, importance="l2"),
-    pruning.PruneSpec("channel", ratio=0.5, importance="l2"),
-    # about half the MACs with SIMD-aligned widths (odd widths run slower per MAC on CPU)
-    pruning.PruneSpec("channel", ratio=0.4, importance="l2", round_to=8),
-    pruning.PruneSpec("channel", ratio=0.3, importance="uniform"),
-    pruning.PruneSpec("channel", ratio=0.3, importance="random"),
-    pruning.PruneSpec("nm", n=2, m=4, importance="l1"),
-    pruning.PruneSpec("nm", n=2, m=4, importance="l1", keep_ends=True),
-    pruning.PruneSpec("fine", sparsity=0.5, importance="l1"),
-    pruning.PruneSpec("offset", ratio=1 / 3, importance="norm"),
-    pruning.PruneSpec("offset", ratio=1 / 3, importance="work"),
-    pruning.PruneSpec("offset", pattern="cross"),
-    pruning.PruneSpec("voxel", keep=0.7),
-    pruning.parse_spec("channel:l2:0.4:8+offset:norm:0.33"),
-    pruning.parse_spec("channel:l2:0.4:8+offset:norm:0.33+voxel:0.7"),
+# each method's best-measured recipe with its baselines beside it (docs/benchmarks.md)
+DEFAULT_SPECS = tuple(
+    pruning.parse_spec(text)
+    for text in (
+        "dense",
+        "channel:l2:0.3",
+        "channel:uniform:0.3",
+        "channel:random:0.3",
+        # about half the MACs with SIMD-aligned widths (odd widths run slower per MAC on CPU)
+        "channel:l2:0.4:8",
+        "channel:uniform:0.4:8",
+        "nm:2:4",
+        "nm:2:4:ends",
+        "fine:l1:0.5",
+        "offset:efficiency:0.33",
+        "offset:random:0.33",
+        "offset:pattern:cross",
+        "voxel:0.5",
+        "voxel:0.5:random",
+        "channel:l2:0.4:8+offset:efficiency:0.33",
+        # offsets pruned where voxel pruning keeps every voxel: at every stride they combine badly
+        "offset:efficiency:0.33:s1+voxel:0.5",
+        "channel:l2:0.4:8+offset:efficiency:0.33:s1+voxel:0.5",
+    )
 )
 
 

@@ -57,9 +57,10 @@ def add_parser(sub) -> None:
         "--variants", nargs="*", default=None,
         help="dense, channel:<importance>:<ratio>[:<round_to>], nm:<n>:<m>[:ends], fine:<importance>:<sparsity>, "
         "offset:<norm|work|efficiency|taylor|random>:<ratio>[:s<strides>], offset:pattern:<cross|shell19>[:s<strides>] (s1: stride-1 convs only), voxel:<keep>[:learned|:random][:voxel], several joined by + "
-        "(default: dense, channel l2 0.3/0.5, l2 0.4 round 8, uniform 0.3, random 0.3, 2:4, "
-        "2:4 ends dense, fine 0.5, offset norm/work 1/3, offset cross, voxel keep 0.7, channel l2 0.4 round 8 + "
-        "offset norm 0.33 (+ voxel keep 0.7))",
+        "(default: dense; channel l2 / uniform / random 0.3; channel l2 / uniform 0.4 round 8; "
+        "2:4, also with the ends dense; fine 0.5; offset efficiency / random 1/3, offset cross; "
+        "voxel 0.5, also random; channel + offset; offset at stride 1 + voxel 0.5, also with "
+        "channel)",
     )  # fmt: skip
     pr.add_argument("--finetune-steps", type=int, default=100, help="per variant, at lr/10")
     for q in (m, c, n, pr):
