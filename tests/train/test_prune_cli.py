@@ -136,14 +136,13 @@ def test_a_stride_restricted_offset_spec_beside_voxel_pruning():
     """``offset:...:s1+voxel:0.5``: offsets removed at stride 1 only, voxels at every strided
     conv, and every input voxel still gets a prediction."""
     import torch
+    from prune_helpers import scene
 
     from sparseconv.train import pruning
 
     torch.manual_seed(0)
     net = sc.models.MinkUNet(4, 5, width=0.25).eval()
-    xyz = torch.unique(torch.randint(0, 40, (4000, 3)), dim=0)
-    coords = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.long), xyz], 1).int()
-    x = sc.SparseTensor(torch.randn(len(coords), 4), coords)
+    x, _ = scene(4000)
     model, info = pruning.apply(parse_spec("offset:efficiency:0.33:s1+voxel:0.5"), net, x)
     pruned = {n for n, m in model.named_modules()
               if isinstance(m, sc.nn.Conv3d) and m.kept_offsets is not None}  # fmt: skip
@@ -152,4 +151,4 @@ def test_a_stride_restricted_offset_spec_beside_voxel_pruning():
     assert info["macs"] < sc.prune.count_macs(net, x)["total"]
     with torch.no_grad():
         out = model(sc.SparseTensor(x.feats, x.coords))
-    assert out.shape == (len(coords), 5) and bool(torch.isfinite(out).all())
+    assert out.shape == (len(x.coords), 5) and bool(torch.isfinite(out).all())
