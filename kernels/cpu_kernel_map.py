@@ -188,24 +188,33 @@ def select_cells(
     block_of: torch.Tensor,
     block_keys: torch.Tensor,
     cell: tuple[int, int, int],
-    scores: torch.Tensor,
+    scores: torch.Tensor | None,
     keep_ratio: float | None,
     threshold: float | None,
+    feats: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cell-granular voxel pruning's pick: ``(rows, source)`` (see ``sc_select_cells``;
-    ``keep_ratio=None`` keeps the cells scoring ``>= threshold``)."""
+    ``keep_ratio=None`` keeps the cells scoring ``>= threshold``). Scores are ``scores`` or,
+    with ``feats`` instead, each row's feature L2 norm, computed in the same pass."""
     _check_keys(keys=keys, block_of=block_of, block_keys=block_keys)
-    scores = scores.detach().float().contiguous()
+    if (scores is None) == (feats is None):
+        raise ValueError("select_cells: give exactly one of scores and feats")
     n = keys.numel()
-    if scores.numel() != n or block_of.numel() != n or scores.is_cuda:
-        raise ValueError("select_cells: one score and one block per row (CPU)")
+    if scores is not None:
+        scores = scores.detach().float().contiguous()
+        rows_given, on_gpu = scores.numel(), scores.is_cuda
+    else:
+        feats = feats.detach().float().contiguous()
+        rows_given, on_gpu = (feats.shape[0] if feats.dim() == 2 else -1), feats.is_cuda
+    if rows_given != n or block_of.numel() != n or on_gpu:
+        raise ValueError("select_cells: one score (or feature row) and one block per row (CPU)")
     rows, source = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
     n_kept = torch.zeros(1, dtype=torch.int64)
     ratio = -1.0 if keep_ratio is None else float(keep_ratio)
     if cpu_library.lib().sc_select_cells(
         keys.data_ptr(), block_of.data_ptr(), block_keys.data_ptr(), n, block_keys.numel(),
-        *cell, scores.data_ptr(), ratio, float(threshold or 0.0), rows.data_ptr(),
-        n_kept.data_ptr(), source.data_ptr(),
+        *cell, _ptr(scores), _ptr(feats), 0 if feats is None else feats.shape[1], ratio,
+        float(threshold or 0.0), rows.data_ptr(), n_kept.data_ptr(), source.data_ptr(),
     ):  # fmt: skip
         raise MemoryError("select_cells: out of memory")
     return rows[: int(n_kept)], source

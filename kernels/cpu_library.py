@@ -60,8 +60,9 @@ SIGNATURES = {
     "sc_pack_keys": [_PTR, _I64, _PTR, _INT],
     "sc_is_sorted": [_PTR, _I64],
     "sc_unpack_keys": [_PTR, _I64, _PTR, _INT],
-    "sc_select_cells": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _F64, _F64, _PTR,
-                        _PTR, _PTR],
+    "sc_select_cells": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64, _F64,
+                        _F64, _PTR, _PTR, _PTR],
+    "sc_gather_concat": [_PTR, _I64, _I64, _PTR, _PTR, _I64, _I64, _PTR, _INT],
     "sc_scatter_cells": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I64,
                          _INT],
 }  # fmt: skip

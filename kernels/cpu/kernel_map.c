@@ -15,6 +15,7 @@
  *
  * Reference: sparseconv.maps.neighbors (the torch mappers; tests compare them).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -529,19 +530,31 @@ static void nearest_kept_init(void) {
         }
 }
 
+/* A row's score: scores[i], or with feats the L2 norm of its channels (the "magnitude" score,
+ * read here instead of in a separate pass over the feature matrix). */
+static inline float row_score(const float *scores, const float *feats, int64_t channels,
+                              int64_t i) {
+    if (!feats) return scores[i];
+    const float *f = feats + i * channels;
+    float acc = 0.0f;
+    for (int64_t c = 0; c < channels; ++c) acc += f[c] * f[c];
+    return sqrtf(acc);
+}
+
 /* Rows of the cells kept by a cell-granular voxel pruning.
  * keys[n]: the rows' packed keys, ascending; block_of[n]: each row's block (cells of size
  * (cx, cy, cz) twice over, from sc_downsample_*), numbered in key order, block_keys[nb] their
- * keys (every scan's blocks are one run). Cell = block * 8 + octant; a cell scores its best
- * row. Kept: the best cell of every block (ties: the lower cell), then per scan, with
- * keep_ratio > 0, the best other cells up to ceil(keep_ratio * cells) (ties: the lower cell),
+ * keys (every scan's blocks are one run). Scores: scores[n], or (scores NULL) the L2 norm of
+ * feats[n, channels]. Cell = block * 8 + octant; a cell scores its best row. Kept: the best
+ * cell of every block (ties: the lower cell), then per scan, with keep_ratio > 0, the best other cells up to ceil(keep_ratio * cells) (ties: the lower cell),
  * or, with keep_ratio <= 0, every cell scoring >= threshold. Out: rows[0:*n_kept] ascending,
  * and source[n]: a kept row's position in rows, a dropped row's the position of the first
  * kept row of the nearest kept cell of its block (NEAREST). Returns 2 when memory ran out. */
 int sc_select_cells(const int64_t *keys, const int64_t *block_of, const int64_t *block_keys,
                     int64_t n, int64_t nb, int64_t cx, int64_t cy, int64_t cz,
-                    const float *scores, double keep_ratio, double threshold, int64_t *rows,
-                    int64_t *n_kept, int64_t *source) {
+                    const float *scores, const float *feats, int64_t channels,
+                    double keep_ratio, double threshold, int64_t *rows, int64_t *n_kept,
+                    int64_t *source) {
     const int64_t nc = 8 * nb;
     uint32_t *cell_key = calloc(nc + 1, sizeof(uint32_t)); /* 0: empty, below every float */
     uint32_t *scratch = malloc(sizeof(uint32_t) * (nc + 1));
@@ -558,7 +571,8 @@ int sc_select_cells(const int64_t *keys, const int64_t *block_of, const int64_t 
                       cell_parity(keys[i], FIELD_BITS, cy, ly) << 1 |
                       cell_parity(keys[i], 0, cz, lz);
         const int32_t c = (int32_t)(8 * block_of[i] + o);
-        const uint32_t u = ordered_bits(scores[i]); /* > 0 for every float but one NaN */
+        /* > 0 for every float but one NaN */
+        const uint32_t u = ordered_bits(row_score(scores, feats, channels, i));
         cell_of[i] = c;
         cell_key[c] = u > cell_key[c] ? u : cell_key[c]; /* a cmov */
     }

@@ -15,7 +15,7 @@ from torch import nn
 
 from sparseconv import nn as snn
 from sparseconv.models.blocks import ConvBlock, residual_stage
-from sparseconv.nn.voxel_prune import scatter_to
+from sparseconv.nn.voxel_prune import cat_skip
 from sparseconv.tensor import SparseTensor
 from sparseconv.utils.threads import run_inference_threads
 
@@ -78,8 +78,8 @@ class MinkUNet(nn.Module):
         return feats
 
     def decode_stage(self, j: int, y: SparseTensor, skip: SparseTensor) -> SparseTensor:
-        y = scatter_to(self.up[j](y), skip)  # back on every skip voxel after voxel pruning
-        return self.fuse[j](y.replace_feats(torch.cat([y.feats, skip.feats], 1)))
+        # back on every skip voxel (after voxel pruning), skip features appended
+        return self.fuse[j](cat_skip(self.up[j](y), skip))
 
     def forward(self, x: SparseTensor) -> torch.Tensor:
         # fewer threads while other processes hold the cores

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparseconv.kernels import cpu_kernel_map
+from sparseconv.kernels import cpu_features, cpu_kernel_map
 from sparseconv.maps import keys as coord_keys
 from sparseconv.maps import tables
 from sparseconv.maps.cache import MapCache
@@ -108,12 +108,15 @@ class VoxelPrune(nn.Module):
                 for rows in scans]  # fmt: skip
         return torch.sort(torch.cat(kept)).values
 
-    def kept_cells(self, x: SparseTensor, scores: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def kept_cells(
+        self, x: SparseTensor, scores: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """``(rows, source)``: the sorted rows of the kept cells and, per row, the position in
         ``rows`` of itself or, when dropped, of the first kept row of the nearest kept cell of
         its block. Cell ``8 * block + octant`` scores its best voxel; kept are the best cell of
         every block, then per scan the best others up to ``keep_ratio`` of the cells (or those
-        scoring at least ``threshold``); ties to the lower cell. On CPU one C pass."""
+        scoring at least ``threshold``); ties to the lower cell. ``scores=None``: the module's
+        own (:meth:`scores`); on CPU one C pass, which computes the magnitude score itself."""
         cell = tuple(t * c for t, c in zip(x.stride, self.cell))
         block = tuple(2 * c for c in cell)
         keys = _cached_keys(x)
@@ -121,9 +124,13 @@ class VoxelPrune(nn.Module):
             keys = coord_keys.pack(x.coords)
         if tables.native(keys.device) and tables.is_sorted(keys):
             block_keys, block_of, _ = cpu_kernel_map.downsample(keys, block)
+            if scores is None and self.score_kind == "magnitude":
+                return cpu_kernel_map.select_cells(keys, block_of, block_keys, cell, None,
+                                                   self.keep_ratio, self.threshold, x.feats)  # fmt: skip
+            scores = self.scores(x) if scores is None else scores
             return cpu_kernel_map.select_cells(keys, block_of, block_keys, cell, scores,
                                                self.keep_ratio, self.threshold)  # fmt: skip
-        return self._kept_cells_torch(x, scores, cell)
+        return self._kept_cells_torch(x, self.scores(x) if scores is None else scores, cell)
 
     def _kept_cells_torch(self, x: SparseTensor, scores: torch.Tensor, cell: Triple):
         """The reference of :meth:`kept_cells` (any device)."""
@@ -170,7 +177,9 @@ class VoxelPrune(nn.Module):
     def forward(self, x: SparseTensor) -> SparseTensor:
         if self.keep_ratio == 1 and self.scorer is None:
             return x  # the identity: same tensor, same maps
-        scores = self.scores(x)
+        # cells by magnitude: the C pick scores the rows itself (no pass of its own)
+        by_magnitude = self.cell is not None and self.score_kind == "magnitude"
+        scores = None if by_magnitude else self.scores(x)
         cache, source = MapCache(), None
         if self.cell is None:
             rows = self.kept_rows(x, scores)
@@ -239,9 +248,9 @@ def scatter_to(y: SparseTensor, full: SparseTensor) -> SparseTensor:
         return y
     if y.stride != full.stride:
         raise ValueError(f"scatter_to needs equal strides, got {y.stride} and {full.stride}")
-    subset = getattr(y.cache, "pruned_from", None)
-    if subset is not None and subset.full_coords is full.coords and subset.coords is y.coords:
-        out = y.feats.index_select(0, subset.source)
+    source = _fill_source(y, full)
+    if source is not None:
+        out = y.feats.index_select(0, source)
         return SparseTensor(out, full.coords, full.stride, cache=full.cache, check=False)
     rows = row_lookup(full)(coord_keys.pack(y.coords)).long()
     if bool((rows < 0).any()):
@@ -249,3 +258,43 @@ def scatter_to(y: SparseTensor, full: SparseTensor) -> SparseTensor:
     out = y.feats.new_zeros((full.coords.shape[0], y.feats.shape[1]))
     out = out.index_copy(0, rows, y.feats)
     return SparseTensor(out, full.coords, full.stride, cache=full.cache, check=False)
+
+
+def cat_skip(y: SparseTensor, skip: SparseTensor) -> SparseTensor:
+    """A decoder's skip connection: ``y`` back on ``skip``'s voxels (:func:`scatter_to`) with
+    ``skip``'s features appended, on ``skip``'s coordinates and cache. On CPU without autograd
+    one C pass writes every output row once (the fill and ``torch.cat`` each wrote all of
+    them: about 0.6 and 0.9 ms of a voxel-pruned width-0.25 MinkUNet call at 38 k voxels)."""
+    if y.stride != skip.stride:
+        raise ValueError(f"cat_skip needs equal strides, got {y.stride} and {skip.stride}")
+    index = None if y.coords is skip.coords else _fill_source(y, skip)
+    if index is None:  # on skip's voxels already, or any other subset (zeros where y has none)
+        y = scatter_to(y, skip)
+    if _native_rows(y.feats, skip.feats):
+        out = cpu_features.gather_concat(y.feats, index, skip.feats)
+    else:
+        feats = y.feats if index is None else y.feats.index_select(0, index)
+        out = torch.cat([feats, skip.feats], 1)
+    return SparseTensor(out, skip.coords, skip.stride, cache=skip.cache, check=False)
+
+
+def _fill_source(y: SparseTensor, full: SparseTensor) -> torch.Tensor | None:
+    """Every ``full`` row's source row in ``y`` when ``y`` lies on the cells a cell-granular
+    :class:`VoxelPrune` kept of ``full`` (one gather, no lookup), else None."""
+    subset = getattr(y.cache, "pruned_from", None)
+    if subset is not None and subset.full_coords is full.coords and subset.coords is y.coords:
+        return subset.source
+    return None
+
+
+def _native_rows(*feats: torch.Tensor) -> bool:
+    """Whether the C row gather applies: float32 CPU features, no autograd graph to record, and
+    no tracer that must see the ``torch.cat`` (the compiler, ``torch.export``, a function mode
+    such as the channel-pruning dependency graph)."""
+    return (
+        cpu_features.available()
+        and not torch.compiler.is_compiling()
+        and not torch._C._is_torch_function_mode_enabled()
+        and all(f.dtype == torch.float32 and f.device.type == "cpu" for f in feats)
+        and not (torch.is_grad_enabled() and any(f.requires_grad for f in feats))
+    )

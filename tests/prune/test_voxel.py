@@ -104,9 +104,9 @@ def test_cells_known_answer_best_cell_per_block_then_the_best_others():
     assert low.tolist() == [0, 1, 6, 7]  # below the threshold, but every block keeps its best
 
 
-def _random_scans(seed: int, scans: int, stride: int = 1, extent: float = 2.0):
+def _random_scans(seed: int, scans: int, stride: int = 1, extent: float = 2.0, n: int = 0):
     g = torch.Generator().manual_seed(seed)
-    n = int(torch.randint(50, 2500, (1,), generator=g))
+    n = n or int(torch.randint(50, 2500, (1,), generator=g))
     pts = (
         (torch.rand(n, 3, generator=g) - 0.3)
         * extent
@@ -147,6 +147,26 @@ def test_cells_c_pick_equals_the_torch_reference(seed, kwargs, cell, stride):
     whole = (all_cells[:, None] == kept_cells[None]).all(-1).any(1)
     assert torch.equal(whole.nonzero().flatten(), rows)  # whole cells, nothing half-kept
     assert (source >= 0).all() and (source < len(rows)).all()
+
+
+@pytest.mark.skipif(not cpu_kernel_map.available(), reason="needs the C kernels")
+@pytest.mark.parametrize("scans", [1, 2])
+def test_cells_c_pick_by_magnitude_equals_the_torch_reference(scans):
+    """The magnitude score the C pass computes from the features itself keeps the same rows
+    and sources as the torch reference given the feature norms (and given scores, with ties,
+    on a large scan too)."""
+    x, scores = _random_scans(7, scans=scans, extent=12.0, n=60000)
+    pruner = sc.nn.VoxelPrune(keep_ratio=0.5, cell=(2, 2, 2))
+    for given in (scores, None):
+        rows, source = pruner.kept_cells(x, given)
+        reference = x.feats.norm(dim=1) if given is None else given
+        want_rows, want_source = pruner._kept_cells_torch(x, reference, (2, 2, 2))
+        assert torch.equal(rows, want_rows) and torch.equal(source, want_source)
+    with pytest.raises(ValueError, match="exactly one"):
+        cpu_kernel_map.select_cells(
+            torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+            torch.zeros(1, dtype=torch.long), (2, 2, 2), None, 0.5, None,
+        )  # fmt: skip
 
 
 def test_cells_fill_passes_gradients_to_the_kept_voxels():
@@ -331,18 +351,62 @@ def test_minkunet_goes_back_to_the_full_set_through_the_pruning_record(monkeypat
     x, _, _ = _points()
     pruned = sc.prune.voxel_prune(net, keep_ratio=0.5)
     seen = []
-    real = module.scatter_to
+    real = module.cat_skip
 
-    def checked(y, full):
-        out = real(y, full)
-        seen.append(bool((out.feats.abs().sum(1) > 0).all()))
+    def checked(y, skip):
+        out = real(y, skip)
+        seen.append(bool((out.feats[:, : y.feats.shape[1]].abs().sum(1) > 0).all()))
         return out
 
     def no_lookup(*args, **kwargs):
-        raise AssertionError("scatter_to looked coordinates up")
+        raise AssertionError("the decoder looked coordinates up")
 
     monkeypatch.setattr(module, "row_lookup", no_lookup)
-    monkeypatch.setattr(sc.models.minkunet, "scatter_to", checked)
+    monkeypatch.setattr(sc.models.minkunet, "cat_skip", checked)
     with torch.no_grad():
         pruned(_fresh(x))
     assert len(seen) == 4 and all(seen)
+
+
+@pytest.mark.parametrize("case", ["same voxels", "pruned cells", "other subset"])
+def test_cat_skip_one_pass_equals_scatter_then_cat(case):
+    """The C pass (inference) gives exactly the fill + torch.cat that autograd runs, on the
+    skip's own voxels, on a cell-pruned subset (its record's fill) and on any other subset
+    (zeros); gradients flow to both inputs through the torch path."""
+    from sparseconv.nn.voxel_prune import cat_skip, scatter_to
+
+    torch.manual_seed(0)
+    x, _, _ = _points()
+    skip = x.replace_feats(torch.randn(x.feats.shape[0], 3))
+    if case == "same voxels":
+        y = skip.replace_feats(torch.randn(x.feats.shape[0], 5))
+    elif case == "pruned cells":
+        kept = sc.nn.VoxelPrune(keep_ratio=0.5, cell=(2, 2, 2))(_fresh(skip))
+        y = kept.replace_feats(torch.randn(kept.feats.shape[0], 5))
+    else:
+        rows = torch.arange(0, x.feats.shape[0], 3)
+        y = sc.SparseTensor(torch.randn(len(rows), 5), x.coords[rows], x.stride)
+    expected = torch.cat([scatter_to(y, skip).feats, skip.feats], 1)
+    with torch.no_grad():
+        fused = cat_skip(y, skip)
+    assert torch.equal(fused.feats, expected)
+    assert fused.coords is skip.coords and fused.cache is skip.cache
+    leaf_y, leaf_skip = y.feats.clone().requires_grad_(), skip.feats.clone().requires_grad_()
+    out = cat_skip(y.replace_feats(leaf_y), skip.replace_feats(leaf_skip))
+    assert torch.equal(out.feats.detach(), expected)
+    out.feats.sum().backward()
+    assert leaf_y.grad is not None and torch.equal(leaf_skip.grad, torch.ones_like(leaf_skip))
+
+
+def test_gather_concat_refuses_bad_input():
+    from sparseconv.kernels import cpu_features
+
+    if not cpu_features.available():
+        pytest.skip("no C compiler")
+    a, b = torch.randn(4, 2), torch.randn(3, 1)
+    with pytest.raises(IndexError, match="outside"):
+        cpu_features.gather_concat(a, torch.tensor([0, 4, 1]), b)
+    with pytest.raises(ValueError, match="index="):
+        cpu_features.gather_concat(a, None, b)
+    with pytest.raises(TypeError, match="float32"):
+        cpu_features.gather_concat(a.double(), torch.tensor([0, 1, 2]), b)
