@@ -11,8 +11,9 @@ instead. Selection is deterministic (ties go to the lower row).
 The pruned tensor starts a fresh map cache: the coordinates at its stride are now a subset, and
 the layers after it must not reuse the full set's maps. A decoder that returns to that stride
 lands on the subset; :func:`scatter_to` puts such a tensor back on the full set (zeros for the
-dropped voxels), which ``MinkUNet`` and ``SPVCNN`` do before concatenating their skips, so every
-input voxel, and through it every point, still gets a prediction.
+dropped voxels), and :func:`cat_skip` does that and appends the skip's features in one pass
+(what ``MinkUNet`` and ``SPVCNN`` call for their skips), so every input voxel, and through it
+every point, still gets a prediction.
 
 ``cell=(2, 2, 2)`` (the stride of the conv it sits before; what ``voxel_prune`` gives by
 default) drops whole output cells of that conv instead of single voxels, and always keeps the

@@ -9,8 +9,9 @@ instead, by default before the first strided conv only (voxel-level pruning befo
 strided conv compounds: 0.7 four times leaves a quarter at stride 16). ``layers=`` picks the
 convs by name. Stride-1 convs can be chosen at voxel granularity: then the maps at that stride
 are rebuilt on the kept voxels. A model whose decoder concatenates skips must put the upsampled
-tensor back on the skip's voxels (:func:`sparseconv.nn.scatter_to`, which sparseconv's models
-do).
+tensor back on the skip's voxels (:func:`sparseconv.nn.scatter_to`, or
+:func:`sparseconv.nn.cat_skip` for the fill and the concatenation in one pass, which
+sparseconv's models call).
 """
 
 from __future__ import annotations
