@@ -292,10 +292,10 @@ def _native_rows(*feats: torch.Tensor) -> bool:
     """Whether the C row gather applies: float32 CPU features, no autograd graph to record, and
     no tracer that must see the ``torch.cat`` (the compiler, ``torch.export``, a function mode
     such as the channel-pruning dependency graph)."""
-    return (
-        cpu_features.available()
-        and not torch.compiler.is_compiling()
+    return (  # the compiler check first: what follows is not for it to trace
+        not torch.compiler.is_compiling()
         and not torch._C._is_torch_function_mode_enabled()
+        and cpu_features.available()
         and all(f.dtype == torch.float32 and f.device.type == "cpu" for f in feats)
         and not (torch.is_grad_enabled() and any(f.requires_grad for f in feats))
     )
