@@ -546,8 +546,9 @@ static inline float row_score(const float *scores, const float *feats, int64_t c
  * (cx, cy, cz) twice over, from sc_downsample_*), numbered in key order, block_keys[nb] their
  * keys (every scan's blocks are one run). Scores: scores[n], or (scores NULL) the L2 norm of
  * feats[n, channels]. Cell = block * 8 + octant; a cell scores its best row. Kept: the best
- * cell of every block (ties: the lower cell), then per scan, with keep_ratio > 0, the best other cells up to ceil(keep_ratio * cells) (ties: the lower cell),
- * or, with keep_ratio <= 0, every cell scoring >= threshold. Out: rows[0:*n_kept] ascending,
+ * cell of every block (ties: the lower cell), then per scan, with keep_ratio > 0, the best
+ * other cells up to ceil(keep_ratio * cells) (ties: the lower cell), or, with
+ * keep_ratio <= 0, every cell scoring >= threshold. Out: rows[0:*n_kept] ascending,
  * and source[n]: a kept row's position in rows, a dropped row's the position of the first
  * kept row of the nearest kept cell of its block (NEAREST). Returns 2 when memory ran out. */
 int sc_select_cells(const int64_t *keys, const int64_t *block_of, const int64_t *block_keys,
