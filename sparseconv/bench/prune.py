@@ -48,6 +48,8 @@ DEFAULT_SPECS = tuple(
         # offsets pruned where voxel pruning keeps every voxel: at every stride they combine badly
         "offset:efficiency:0.33:s1+voxel:0.5",
         "channel:l2:0.4:8+offset:efficiency:0.33:s1+voxel:0.5",
+        # its baseline: the same amounts, chosen uniformly / at random
+        "channel:uniform:0.4:8+offset:random:0.33:s1+voxel:0.5:random",
     )
 )
 
