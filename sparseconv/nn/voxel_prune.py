@@ -123,15 +123,15 @@ class VoxelPrune(nn.Module):
         keys = _cached_keys(x)
         if keys is None:
             keys = coord_keys.pack(x.coords)
-        if tables.native(keys.device) and tables.is_sorted(keys):
+        native = tables.native(keys.device) and tables.is_sorted(keys)
+        if scores is None and not (native and self.score_kind == "magnitude"):
+            scores = self.scores(x)  # else the C pass takes the feature norms itself
+        if native:
             block_keys, block_of, _ = cpu_kernel_map.downsample(keys, block)
-            if scores is None and self.score_kind == "magnitude":
-                return cpu_kernel_map.select_cells(keys, block_of, block_keys, cell, None,
-                                                   self.keep_ratio, self.threshold, x.feats)  # fmt: skip
-            scores = self.scores(x) if scores is None else scores
             return cpu_kernel_map.select_cells(keys, block_of, block_keys, cell, scores,
-                                               self.keep_ratio, self.threshold)  # fmt: skip
-        return self._kept_cells_torch(x, self.scores(x) if scores is None else scores, cell)
+                                               self.keep_ratio, self.threshold,
+                                               feats=x.feats if scores is None else None)  # fmt: skip
+        return self._kept_cells_torch(x, scores, cell)
 
     def _kept_cells_torch(self, x: SparseTensor, scores: torch.Tensor, cell: Triple):
         """The reference of :meth:`kept_cells` (any device)."""
@@ -178,9 +178,9 @@ class VoxelPrune(nn.Module):
     def forward(self, x: SparseTensor) -> SparseTensor:
         if self.keep_ratio == 1 and self.scorer is None:
             return x  # the identity: same tensor, same maps
-        # cells by magnitude: the C pick scores the rows itself (no pass of its own)
-        by_magnitude = self.cell is not None and self.score_kind == "magnitude"
-        scores = None if by_magnitude else self.scores(x)
+        # scores here only for a voxel pick or the learned scorer's straight-through factor; a
+        # cell pick takes its own (kept_cells: in the C pass itself for the magnitude)
+        scores = self.scores(x) if self.cell is None or self.scorer is not None else None
         cache, source = MapCache(), None
         if self.cell is None:
             rows = self.kept_rows(x, scores)
